@@ -1,0 +1,149 @@
+"""`MaskingConfig`: every knob of the method, validated once, serialised as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+BINARIZERS = ("threshold", "topk")
+
+
+@dataclass
+class MaskingConfig:
+    """What to mask and how (Zhao et al., 2020, §3). Defaults follow the paper."""
+
+    threshold: float = field(
+        default=0.01, metadata={"help": "Global threshold tau: a weight is kept where its score is >= tau."}
+    )
+    initial_sparsity: float = field(
+        default=0.05,
+        metadata={
+            "help": "Fraction of zeros in the initial mask (paper: 5%). With binarizer='topk' this fraction "
+            "stays fixed in every layer throughout training."
+        },
+    )
+    init_scale: float = field(
+        default=0.02,
+        metadata={
+            "help": "c in the score initialisation U[-c, (c + tau) / p - c], which puts exactly a fraction p "
+            "of the scores below tau."
+        },
+    )
+    binarizer: str = field(
+        default="threshold",
+        metadata={"help": f"How scores become a mask: one of {BINARIZERS}."},
+    )
+    layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Indices of the transformer blocks to mask. Default: all but the bottom two "
+            "(2-11 for BERT/RoBERTa-base, 2-5 for DistilBERT)."
+        },
+    )
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names of the linear modules inside a block to mask, relative to the block "
+            "(e.g. 'attention.self.query'). Default: the paper's six for BERT, RoBERTa and DistilBERT; "
+            "every linear layer of a block for other architectures."
+        },
+    )
+    mask_pooler: bool = field(default=True, metadata={"help": "Mask the pooler's dense layer, if there is one."})
+    mask_classifier: bool = field(
+        default=True,
+        metadata={
+            "help": "Mask the linear layers of the task head (BERT's classifier, RoBERTa's classifier.dense "
+            "and out_proj, DistilBERT's pre_classifier and classifier). The head stays at its random "
+            "initialisation: it is masked, not trained."
+        },
+    )
+    extra_patterns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Regular expressions matched against full module names (re.fullmatch); every linear "
+            "module that matches is masked too. Use them for any architecture without built-in defaults."
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules whose tensors travel with the mask in full precision. Default: every module "
+            "outside the pretrained backbone (the task head), since its random values are not in the base."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the score initialisation: the same config and seed give the same initial mask."},
+    )
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, allowed: str) -> ValueError:
+            return ValueError(f"MaskingConfig.{name}={value!r} is invalid: {allowed}.")
+
+        for name in ("threshold", "initial_sparsity", "init_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, value, "expected a finite number")
+        if not 0.0 < self.initial_sparsity < 1.0:
+            raise bad("initial_sparsity", self.initial_sparsity, "expected a fraction strictly between 0 and 1")
+        if self.init_scale <= 0:
+            raise bad("init_scale", self.init_scale, "expected a positive number")
+        if self.threshold + self.init_scale <= 0:
+            raise bad("threshold", self.threshold, f"threshold + init_scale must be > 0 (init_scale={self.init_scale})")
+        if self.binarizer not in BINARIZERS:
+            raise bad("binarizer", self.binarizer, f"expected one of {list(BINARIZERS)}")
+        if self.layers is not None:
+            self.layers = list(self.layers)
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
+                raise bad("layers", self.layers, "expected a list of non-negative block indices")
+            if len(set(self.layers)) != len(self.layers):
+                raise bad("layers", self.layers, "block indices must not repeat")
+        for name in ("target_modules", "extra_patterns", "modules_to_save"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise bad(name, value, "expected a list of non-empty strings")
+            setattr(self, name, list(value))
+        if self.extra_patterns:
+            import re
+
+            for pattern in self.extra_patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise bad("extra_patterns", pattern, f"not a regular expression ({err})") from err
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise bad("seed", self.seed, "expected an integer")
+        for name in ("mask_pooler", "mask_classifier"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, getattr(self, name), "expected true or false")
+
+    @property
+    def init_range(self) -> tuple[float, float]:
+        """Bounds (low, high) of the uniform score initialisation, P(score < threshold) = initial_sparsity."""
+        low = -self.init_scale
+        high = (self.init_scale + self.threshold) / self.initial_sparsity - self.init_scale
+        return low, high
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown MaskingConfig field(s) {unknown}; known fields are {sorted(known)}.")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> MaskingConfig:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))

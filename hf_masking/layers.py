@@ -1,0 +1,128 @@
+"""`MaskedLinear`: a drop-in for `nn.Linear` (and GPT-2's `Conv1D`) computing with W ⊙ mask.
+
+The layer reuses the original weight and bias Parameters, so the base model's state-dict
+keys and values stay exactly as they were; it only adds an fp32 ``mask_scores`` Parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+Binarize = Callable[[torch.Tensor], torch.Tensor]
+MASKABLE_TYPES = (nn.Linear, Conv1D)
+
+
+class _MaskedLinearFunction(torch.autograd.Function):
+    """y = x (W ⊙ B(S))ᵀ + b with the straight-through estimator dL/dS = dL/dŴ ⊙ W.
+
+    Fused on purpose: composing ``weight * mask`` and ``F.linear`` under autograd would keep
+    the float mask and the masked weight alive until backward (two weight-sized tensors per
+    layer). Here backward recomputes the boolean mask from the scores, which are resident
+    anyway, so training saves nothing beyond the input that a plain linear layer saves too.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scores, binarize: Binarize, transposed: bool):  # noqa: D102
+        mask = binarize(scores)
+        masked = weight * mask
+        out = F.linear(x, masked.t() if transposed else masked, bias)
+        ctx.save_for_backward(x, weight, scores)
+        ctx.binarize = binarize
+        ctx.transposed = transposed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        x, weight, scores = ctx.saved_tensors
+        needs_x, needs_w, needs_b, needs_s = ctx.needs_input_grad[:4]
+        mask = ctx.binarize(scores)
+        dtype = grad_out.dtype
+        grad_x = grad_w = grad_b = grad_s = None
+        if needs_x:
+            masked = (weight * mask).to(dtype)
+            grad_x = (grad_out @ (masked.t() if ctx.transposed else masked)).to(x.dtype)
+        if needs_w or needs_s:
+            flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+            flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
+            # Gradient of the effective weight, in the weight's own orientation.
+            grad_eff = flat_x.t() @ flat_grad if ctx.transposed else flat_grad.t() @ flat_x
+            if needs_s:
+                grad_s = (grad_eff * weight.to(dtype)).to(scores.dtype)
+            if needs_w:
+                grad_w = (grad_eff * mask).to(weight.dtype)
+        if needs_b:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(grad_out.dtype)
+        return grad_x, grad_w, grad_b, grad_s, None, None
+
+
+class MaskedLinear(nn.Module):
+    """A linear layer whose weight is multiplied by a binary mask.
+
+    The mask comes from trainable scores (``mask_scores``, through the binarizer) or, for a
+    mask loaded for inference, from the fixed boolean ``fixed_mask``, which wins when set.
+    """
+
+    def __init__(self, base: nn.Linear | Conv1D, binarize: Binarize, scores: torch.Tensor | None) -> None:
+        super().__init__()
+        if not isinstance(base, MASKABLE_TYPES):
+            raise TypeError(f"MaskedLinear wraps nn.Linear or Conv1D, not {type(base).__name__}.")
+        self.weight = base.weight
+        self.bias = base.bias
+        self.transposed = isinstance(base, Conv1D)
+        self.binarize = binarize
+        self.mask_scores = nn.Parameter(scores, requires_grad=True) if scores is not None else None
+        self.register_buffer("fixed_mask", None, persistent=False)
+        # Kept outside the module tree (a tuple is not registered) so unwrapping restores it.
+        self._original = (base,)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[0] if self.transposed else self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[1] if self.transposed else self.weight.shape[0]
+
+    def mask(self) -> torch.Tensor:
+        """The current boolean mask, in the weight's shape."""
+        if self.fixed_mask is not None:
+            return self.fixed_mask
+        if self.mask_scores is None:
+            return torch.ones_like(self.weight, dtype=torch.bool)
+        with torch.no_grad():
+            return self.binarize(self.mask_scores)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.mask_scores
+        if self.fixed_mask is None and scores is not None and torch.is_grad_enabled():
+            return _MaskedLinearFunction.apply(x, self.weight, self.bias, scores, self.binarize, self.transposed)
+        masked = self.weight * self.mask()
+        return F.linear(x, masked.t() if self.transposed else masked, self.bias)
+
+    def original(self) -> nn.Module:
+        """The module this layer replaced, sharing the same weight and bias."""
+        return self._original[0]
+
+    def merged(self) -> nn.Module:
+        """A plain module of the original type with W ⊙ mask baked into a new weight."""
+        base = self.original()
+        if self.transposed:
+            merged: nn.Module = Conv1D(self.out_features, self.in_features)
+        else:
+            merged = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        merged = merged.to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            merged.weight.copy_(self.weight * self.mask())
+            if self.bias is not None:
+                merged.bias.copy_(self.bias)
+        merged.train(base.training)
+        return merged
+
+    def extra_repr(self) -> str:
+        kind = "Conv1D" if self.transposed else "Linear"
+        return f"{kind}(in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None})"

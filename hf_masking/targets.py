@@ -1,0 +1,154 @@
+"""Which modules of a model get masked: the paper's defaults per architecture, or any model by pattern."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import MaskingConfig
+from .layers import MASKABLE_TYPES
+
+# The six linear layers of a transformer block that the paper masks (W_K, W_Q, W_V, W_AO, W_I, W_O).
+_BERT_BLOCK = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
+DEFAULT_BLOCK_TARGETS: dict[str, list[str]] = {
+    "bert": _BERT_BLOCK,
+    "roberta": _BERT_BLOCK,
+    "xlm-roberta": _BERT_BLOCK,
+    "camembert": _BERT_BLOCK,
+    "distilbert": ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"],
+}
+_BLOCK_LIST_NAME = re.compile(r"(^|\.)(layer|layers|h|block|blocks)$")
+_POOLER_NAME = re.compile(r"(^|\.)pooler(\.dense)?$")
+NUM_UNMASKED_BOTTOM_BLOCKS = 2
+
+
+@dataclass(frozen=True)
+class ResolvedTargets:
+    """The outcome of matching a `MaskingConfig` against one model."""
+
+    modules: list[str]  # full names of the Linear/Conv1D modules to mask, in model order
+    block_prefix: str | None  # e.g. "bert.encoder.layer"
+    num_blocks: int
+    head_prefixes: list[str]  # top-level children outside the pretrained backbone
+
+    def block_of(self, module_name: str) -> int | None:
+        if self.block_prefix is None or not module_name.startswith(self.block_prefix + "."):
+            return None
+        return int(module_name[len(self.block_prefix) + 1 :].split(".", 1)[0])
+
+
+def _listing(names: list[str], limit: int = 60) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def find_blocks(model: nn.Module) -> tuple[str | None, int]:
+    """The longest ModuleList of transformer blocks, e.g. ("bert.encoder.layer", 12)."""
+    best: tuple[str | None, int] = (None, 0)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and _BLOCK_LIST_NAME.search(name) and len(module) > best[1]:
+            best = (name, len(module))
+    return best
+
+
+def backbone_prefix(model: nn.Module) -> str | None:
+    """Name of the pretrained backbone inside a task model (``bert`` in BertForSequenceClassification)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module) and getattr(model, prefix) is not model:
+        return prefix
+    return None
+
+
+def head_prefixes(model: nn.Module) -> list[str]:
+    """Top-level children that are not the backbone: the task head that the base checkpoint lacks."""
+    prefix = backbone_prefix(model)
+    if prefix is None:
+        return []
+    return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
+
+
+def _tied_to_backbone(model: nn.Module, module: nn.Module) -> bool:
+    prefix = backbone_prefix(model)
+    if prefix is None:
+        return False
+    backbone_ids = {id(p) for p in getattr(model, prefix).parameters()}
+    return id(module.weight) in backbone_ids
+
+
+def resolve_targets(model: nn.Module, config: MaskingConfig) -> ResolvedTargets:
+    """Names of the modules `config` selects in `model`; a clear ValueError for anything that matches nothing."""
+    maskable = [name for name, module in model.named_modules() if isinstance(module, MASKABLE_TYPES)]
+    block_prefix, num_blocks = find_blocks(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    selected: list[str] = []
+
+    if config.layers is not None:
+        if num_blocks == 0:
+            raise ValueError(
+                f"MaskingConfig.layers={config.layers!r} is invalid: no list of transformer blocks was found in "
+                f"{type(model).__name__}; use extra_patterns to choose modules by name."
+            )
+        out_of_range = [i for i in config.layers if i >= num_blocks]
+        if out_of_range:
+            raise ValueError(
+                f"MaskingConfig.layers={config.layers!r} is invalid: block index {out_of_range[0]} is out of range; "
+                f"{type(model).__name__} has {num_blocks} blocks (0-{num_blocks - 1})."
+            )
+        layers = list(config.layers)
+    else:
+        layers = list(range(min(NUM_UNMASKED_BOTTOM_BLOCKS, num_blocks), num_blocks))
+
+    if num_blocks:
+        in_block: list[str] = []
+        for name in maskable:
+            if name.startswith(f"{block_prefix}.0."):
+                in_block.append(name[len(f"{block_prefix}.0.") :])
+        suffixes = config.target_modules or DEFAULT_BLOCK_TARGETS.get(model_type or "", in_block)
+        missing = [s for s in suffixes if s not in in_block]
+        if missing:
+            raise ValueError(
+                f"MaskingConfig.target_modules: {missing[0]!r} is not a linear module of a {type(model).__name__} "
+                f"block; the linear modules of a block are: {_listing(in_block)}."
+            )
+        for index in sorted(layers):
+            selected += [f"{block_prefix}.{index}.{suffix}" for suffix in suffixes]
+    elif config.target_modules:
+        raise ValueError(
+            f"MaskingConfig.target_modules={config.target_modules!r} is invalid: no list of transformer blocks "
+            f"was found in {type(model).__name__}; use extra_patterns with full module names: {_listing(maskable)}."
+        )
+
+    heads = head_prefixes(model)
+    for name in maskable:
+        top = name.split(".", 1)[0]
+        module = model.get_submodule(name)
+        if config.mask_pooler and top not in heads and _POOLER_NAME.search(name):
+            selected.append(name)
+        if config.mask_classifier and top in heads and not _tied_to_backbone(model, module):
+            selected.append(name)
+
+    for pattern in config.extra_patterns or []:
+        matches = [name for name in maskable if re.fullmatch(pattern, name)]
+        if not matches:
+            raise ValueError(
+                f"MaskingConfig.extra_patterns: {pattern!r} matches no linear module of {type(model).__name__}; "
+                f"its linear modules are: {_listing(maskable)}."
+            )
+        selected += matches
+
+    order = {name: i for i, name in enumerate(maskable)}
+    modules = sorted(set(selected), key=order.__getitem__)
+    if not modules:
+        raise ValueError(
+            f"MaskingConfig selects no module of {type(model).__name__}; its linear modules are: {_listing(maskable)}."
+        )
+    return ResolvedTargets(modules=modules, block_prefix=block_prefix, num_blocks=num_blocks, head_prefixes=heads)
