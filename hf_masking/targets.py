@@ -24,7 +24,14 @@ DEFAULT_BLOCK_TARGETS: dict[str, list[str]] = {
     "roberta": _BERT_BLOCK,
     "xlm-roberta": _BERT_BLOCK,
     "camembert": _BERT_BLOCK,
-    "distilbert": ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"],
+    "distilbert": [
+        "attention.q_lin",
+        "attention.k_lin",
+        "attention.v_lin",
+        "attention.out_lin",
+        "ffn.lin1",
+        "ffn.lin2",
+    ],
 }
 _BLOCK_LIST_NAME = re.compile(r"(^|\.)(layer|layers|h|block|blocks)$")
 _POOLER_NAME = re.compile(r"(^|\.)pooler(\.dense)?$")

@@ -27,16 +27,25 @@ def tiny_config(model_type: str, **overrides):
     if model_type == "bert":
         cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, **common)
     elif model_type == "roberta":
-        cfg = RobertaConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            pad_token_id=1, **common)
+        cfg = RobertaConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, pad_token_id=1, **common
+        )
         cfg.max_position_embeddings = 70
     elif model_type == "distilbert":
         cfg = DistilBertConfig(dim=32, n_layers=4, n_heads=2, hidden_dim=64, **common)
     elif model_type == "gpt2":
         cfg = GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=64, vocab_size=120, pad_token_id=0)
     elif model_type == "llama":
-        cfg = LlamaConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
-                          intermediate_size=64, vocab_size=120, max_position_embeddings=64, pad_token_id=0)
+        cfg = LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=120,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
     else:
         raise ValueError(model_type)
     for key, value in overrides.items():

@@ -19,8 +19,9 @@ def test_defaults_follow_the_paper():
 
 
 def test_json_round_trip(tmp_path):
-    config = MaskingConfig(initial_sparsity=0.1, layers=[3, 4], target_modules=["a.b"], extra_patterns=["x.*"],
-                           binarizer="topk", seed=7)
+    config = MaskingConfig(
+        initial_sparsity=0.1, layers=[3, 4], target_modules=["a.b"], extra_patterns=["x.*"], binarizer="topk", seed=7
+    )
     path = tmp_path / "c.json"
     path.write_text(config.to_json_string())
     assert MaskingConfig.from_json_file(path) == config

@@ -10,21 +10,45 @@ from transformers import (
 
 from hf_masking import MaskedLinear, MaskedModel, MaskingConfig
 
-BERT_BLOCK = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-              "intermediate.dense", "output.dense"]
+BERT_BLOCK = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
 DISTIL_BLOCK = ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"]
 PAPER_DEFAULTS = {
     # (model type, blocks in a base model) -> (block list, block modules, masked range, extra per head kind)
-    "bert": ("bert.encoder.layer", BERT_BLOCK, 12, {
-        "seq": ["bert.pooler.dense", "classifier"], "tok": ["classifier"], "mc": ["bert.pooler.dense", "classifier"]}),
-    "roberta": ("roberta.encoder.layer", BERT_BLOCK, 12, {
-        "seq": ["classifier.dense", "classifier.out_proj"], "tok": ["classifier"],
-        "mc": ["roberta.pooler.dense", "classifier"]}),
-    "distilbert": ("distilbert.transformer.layer", DISTIL_BLOCK, 6, {
-        "seq": ["distilbert_pre", "classifier"], "tok": ["classifier"], "mc": ["distilbert_pre", "classifier"]}),
+    "bert": (
+        "bert.encoder.layer",
+        BERT_BLOCK,
+        12,
+        {"seq": ["bert.pooler.dense", "classifier"], "tok": ["classifier"], "mc": ["bert.pooler.dense", "classifier"]},
+    ),
+    "roberta": (
+        "roberta.encoder.layer",
+        BERT_BLOCK,
+        12,
+        {
+            "seq": ["classifier.dense", "classifier.out_proj"],
+            "tok": ["classifier"],
+            "mc": ["roberta.pooler.dense", "classifier"],
+        },
+    ),
+    "distilbert": (
+        "distilbert.transformer.layer",
+        DISTIL_BLOCK,
+        6,
+        {"seq": ["distilbert_pre", "classifier"], "tok": ["classifier"], "mc": ["distilbert_pre", "classifier"]},
+    ),
 }
-HEADS = {"seq": AutoModelForSequenceClassification, "tok": AutoModelForTokenClassification,
-         "mc": AutoModelForMultipleChoice}
+HEADS = {
+    "seq": AutoModelForSequenceClassification,
+    "tok": AutoModelForTokenClassification,
+    "mc": AutoModelForMultipleChoice,
+}
 
 
 @pytest.mark.parametrize("head", ["seq", "tok", "mc"])
@@ -45,8 +69,10 @@ def test_default_targets_are_exactly_the_papers(model_type, head):
 
 def test_block_range_is_configurable_and_checked():
     base = build_model(AutoModelForSequenceClassification, "bert")
-    model = MaskedModel(base, MaskingConfig(layers=[0], mask_pooler=False, mask_classifier=False,
-                                            target_modules=["attention.self.query"]))
+    model = MaskedModel(
+        base,
+        MaskingConfig(layers=[0], mask_pooler=False, mask_classifier=False, target_modules=["attention.self.query"]),
+    )
     assert model.targets.modules == ["bert.encoder.layer.0.attention.self.query"]
 
 
@@ -54,10 +80,14 @@ def test_block_range_is_configurable_and_checked():
     "kwargs, fragments",
     [
         ({"layers": [1, 4]}, ["MaskingConfig.layers", "[1, 4]", "4 blocks (0-3)"]),
-        ({"target_modules": ["attention.self.qeury"]}, ["MaskingConfig.target_modules", "'attention.self.qeury'",
-                                                         "attention.self.query"]),
-        ({"extra_patterns": ["bert.encoder.layer.9.*"]}, ["MaskingConfig.extra_patterns", "'bert.encoder.layer.9.*'",
-                                                               "bert.encoder.layer.0.attention.self.query"]),
+        (
+            {"target_modules": ["attention.self.qeury"]},
+            ["MaskingConfig.target_modules", "'attention.self.qeury'", "attention.self.query"],
+        ),
+        (
+            {"extra_patterns": ["bert.encoder.layer.9.*"]},
+            ["MaskingConfig.extra_patterns", "'bert.encoder.layer.9.*'", "bert.encoder.layer.0.attention.self.query"],
+        ),
     ],
 )
 def test_bad_targets_get_a_clear_error_listing_what_exists(kwargs, fragments):
@@ -69,8 +99,10 @@ def test_bad_targets_get_a_clear_error_listing_what_exists(kwargs, fragments):
 
 
 def test_gpt2_conv1d_and_llama_by_default_and_by_pattern():
-    gpt2 = MaskedModel(build_model(AutoModelForSequenceClassification, "gpt2"),
-                       MaskingConfig(extra_patterns=[r"transformer\.h\.0\.attn\.c_attn"]))
+    gpt2 = MaskedModel(
+        build_model(AutoModelForSequenceClassification, "gpt2"),
+        MaskingConfig(extra_patterns=[r"transformer\.h\.0\.attn\.c_attn"]),
+    )
     assert "transformer.h.0.attn.c_attn" in gpt2.targets.modules
     assert "transformer.h.3.mlp.c_proj" in gpt2.targets.modules and "score" in gpt2.targets.modules
     assert "transformer.h.1.mlp.c_fc" not in gpt2.targets.modules
@@ -80,9 +112,18 @@ def test_gpt2_conv1d_and_llama_by_default_and_by_pattern():
     assert gpt2.model.transformer.h[0].attn.c_attn.mask_scores.grad.abs().sum() > 0
 
     llama = MaskedModel(build_model(AutoModelForCausalLM, "llama"), MaskingConfig(mask_classifier=False))
-    assert llama.targets.modules[:7] == [f"model.layers.2.{n}" for n in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    assert llama.targets.modules[:7] == [
+        f"model.layers.2.{n}"
+        for n in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
     assert llama.accepts_loss_kwargs  # a causal LM sums its loss over num_items_in_batch
     loss = llama(**batch, labels=batch["input_ids"]).loss
     loss.backward()
@@ -92,16 +133,19 @@ def test_gpt2_conv1d_and_llama_by_default_and_by_pattern():
 def test_initial_sparsity_is_p_on_a_million_weights_and_seed_reproducible():
     kwargs = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=12, num_attention_heads=2)
     for p in (0.05, 0.2):
-        model = MaskedModel(build_model(AutoModelForSequenceClassification, "bert", **kwargs),
-                            MaskingConfig(initial_sparsity=p))
+        model = MaskedModel(
+            build_model(AutoModelForSequenceClassification, "bert", **kwargs), MaskingConfig(initial_sparsity=p)
+        )
         report = model.sparsity()
         assert report["masked_weights"] >= 1_000_000
         assert abs(report["global"] - p) < 0.002, report["global"]
-    again = MaskedModel(build_model(AutoModelForSequenceClassification, "bert", **kwargs),
-                        MaskingConfig(initial_sparsity=0.2))
+    again = MaskedModel(
+        build_model(AutoModelForSequenceClassification, "bert", **kwargs), MaskingConfig(initial_sparsity=0.2)
+    )
     assert all(torch.equal(a, b) for a, b in zip(model.masks().values(), again.masks().values(), strict=True))
-    other_seed = MaskedModel(build_model(AutoModelForSequenceClassification, "bert", **kwargs),
-                             MaskingConfig(initial_sparsity=0.2, seed=1))
+    other_seed = MaskedModel(
+        build_model(AutoModelForSequenceClassification, "bert", **kwargs), MaskingConfig(initial_sparsity=0.2, seed=1)
+    )
     assert not torch.equal(next(iter(model.masks().values())), next(iter(other_seed.masks().values())))
 
 

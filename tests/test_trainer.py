@@ -19,8 +19,14 @@ def _masked(head_seed: int | None = None) -> MaskedModel:
 
 
 def _trainer(model, output_dir, **overrides) -> Trainer:
-    return Trainer(model=model, args=training_args(str(output_dir), **overrides), train_dataset=toy_dataset(),
-                   eval_dataset=toy_dataset(16, seed=1), compute_metrics=accuracy, callbacks=[MaskingCallback()])
+    return Trainer(
+        model=model,
+        args=training_args(str(output_dir), **overrides),
+        train_dataset=toy_dataset(),
+        eval_dataset=toy_dataset(16, seed=1),
+        compute_metrics=accuracy,
+        callbacks=[MaskingCallback()],
+    )
 
 
 def test_stock_trainer_trains_evaluates_and_logs_sparsity(tmp_path):
@@ -72,8 +78,9 @@ def test_checkpoints_hold_no_base_weights_and_resume_is_exact(tmp_path):
     resumed = _masked(head_seed=1)  # a different head init: the checkpoint must restore it
     trainer = _trainer(resumed, tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3)
     trainer.train(resume_from_checkpoint=str(checkpoint))
-    torch.testing.assert_close(resumed.get_base_model().classifier.weight,
-                               straight.get_base_model().classifier.weight, rtol=0, atol=0)
+    torch.testing.assert_close(
+        resumed.get_base_model().classifier.weight, straight.get_base_model().classifier.weight, rtol=0, atol=0
+    )
     final_straight, final_resumed = scores_of(straight), scores_of(resumed)
     for name in final_straight:
         assert torch.equal(final_straight[name], final_resumed[name]), name

@@ -14,12 +14,14 @@ def toy_dataset(n: int = 48, length: int = 8, seed: int = 0) -> Dataset:
     ids = rng.integers(6, 120, size=(n, length))
     labels = rng.integers(0, 2, size=n)
     ids[labels == 1, rng.integers(0, length)] = 5
-    return Dataset.from_dict({
-        "input_ids": ids.tolist(),
-        "attention_mask": np.ones_like(ids).tolist(),
-        "label": labels.tolist(),
-        "sentence": [f"row {i}" for i in range(n)],
-    })
+    return Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": np.ones_like(ids).tolist(),
+            "label": labels.tolist(),
+            "sentence": [f"row {i}" for i in range(n)],
+        }
+    )
 
 
 def accuracy(eval_pred) -> dict[str, float]:
