@@ -42,12 +42,14 @@ class _MaskedLinearFunction(torch.autograd.Function):
         needs_x, needs_w, needs_b, needs_s = ctx.needs_input_grad[:4]
         mask = ctx.binarize(scores)
         dtype = grad_out.dtype
+        # One contiguous 2-D view of the incoming gradient serves every product below
+        # (gradients arriving through attention's transposes are not contiguous).
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_w = grad_b = grad_s = None
         if needs_x:
             masked = (weight * mask).to(dtype)
-            grad_x = (grad_out @ (masked.t() if ctx.transposed else masked)).to(x.dtype)
+            grad_x = (flat_grad @ (masked.t() if ctx.transposed else masked)).view(x.shape).to(x.dtype)
         if needs_w or needs_s:
-            flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
             flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
             # Gradient of the effective weight, in the weight's own orientation.
             grad_eff = flat_x.t() @ flat_grad if ctx.transposed else flat_grad.t() @ flat_x
@@ -56,7 +58,7 @@ class _MaskedLinearFunction(torch.autograd.Function):
             if needs_w:
                 grad_w = (grad_eff * mask).to(weight.dtype)
         if needs_b:
-            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(grad_out.dtype)
+            grad_b = flat_grad.sum(0)
         return grad_x, grad_w, grad_b, grad_s, None, None
 
 
@@ -64,7 +66,7 @@ class MaskedLinear(nn.Module):
     """A linear layer whose weight is multiplied by a binary mask.
 
     The mask comes from trainable scores (``mask_scores``, through the binarizer) or, for a
-    mask loaded for inference, from the fixed boolean ``fixed_mask``, which wins when set.
+    mask loaded for inference, from a fixed mask (``set_fixed_mask``), which wins when set.
     """
 
     def __init__(self, base: nn.Linear | Conv1D, binarize: Binarize, scores: torch.Tensor | None) -> None:
@@ -76,7 +78,9 @@ class MaskedLinear(nn.Module):
         self.transposed = isinstance(base, Conv1D)
         self.binarize = binarize
         self.mask_scores = nn.Parameter(scores, requires_grad=True) if scores is not None else None
-        self.register_buffer("fixed_mask", None, persistent=False)
+        # A loaded mask, stored compactly as the flat positions of its minority value.
+        self.register_buffer("fixed_positions", None, persistent=False)
+        self.fixed_minority = 0
         # Kept outside the module tree (a tuple is not registered) so unwrapping restores it.
         self._original = (base,)
 
@@ -88,10 +92,34 @@ class MaskedLinear(nn.Module):
     def out_features(self) -> int:
         return self.weight.shape[1] if self.transposed else self.weight.shape[0]
 
+    def set_fixed_mask(self, positions: torch.Tensor | None, minority: int = 0) -> None:
+        """Use a fixed mask given by the flat positions of its minority value (0: zeros, 1: ones).
+
+        ``None`` goes back to the mask of the scores. Positions cost 4 bytes per minority entry
+        (~0.2 bytes per weight at 5% sparsity) instead of a byte per weight for a bool mask.
+        """
+        if positions is None:
+            self.fixed_positions = None
+            return
+        self.fixed_positions = positions.to(device=self.weight.device, dtype=torch.int32)
+        self.fixed_minority = minority
+
+    def _apply_fixed_mask(self) -> torch.Tensor:
+        positions = self.fixed_positions.long()
+        if self.fixed_minority == 0:
+            return self.weight.detach().clone().view(-1).index_fill_(0, positions, 0).view_as(self.weight)
+        out = torch.zeros_like(self.weight)
+        out.view(-1)[positions] = self.weight.detach().view(-1)[positions]
+        return out
+
     def mask(self) -> torch.Tensor:
         """The current boolean mask, in the weight's shape."""
-        if self.fixed_mask is not None:
-            return self.fixed_mask
+        if self.fixed_positions is not None:
+            flat = torch.full(
+                (self.weight.numel(),), not self.fixed_minority, dtype=torch.bool, device=self.weight.device
+            )
+            flat[self.fixed_positions.long()] = bool(self.fixed_minority)
+            return flat.view_as(self.weight)
         if self.mask_scores is None:
             return torch.ones_like(self.weight, dtype=torch.bool)
         with torch.no_grad():
@@ -99,9 +127,12 @@ class MaskedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.mask_scores
-        if self.fixed_mask is None and scores is not None and torch.is_grad_enabled():
+        if self.fixed_positions is not None:
+            masked = self._apply_fixed_mask()
+        elif scores is not None and torch.is_grad_enabled():
             return _MaskedLinearFunction.apply(x, self.weight, self.bias, scores, self.binarize, self.transposed)
-        masked = self.weight * self.mask()
+        else:
+            masked = self.weight * self.mask()
         return F.linear(x, masked.t() if self.transposed else masked, self.bias)
 
     def original(self) -> nn.Module:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
+import tempfile
 import zlib
 from collections import OrderedDict
 from typing import Any
@@ -13,10 +15,13 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from . import codec, hub
 from .binarizer import make_binarizer
 from .config import MaskingConfig
 from .layers import MaskedLinear
 from .targets import ResolvedTargets, backbone_prefix, resolve_targets
+
+TRAINABLE_MASK = "default"
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -66,7 +71,7 @@ class MaskedModel(nn.Module):
             cls = _masked_class_for(type(model))
         return super().__new__(cls)
 
-    def __init__(self, model: nn.Module, config: MaskingConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, config: MaskingConfig | None = None, trainable: bool = True) -> None:
         if isinstance(model, MaskedModel) or any(isinstance(m, MaskedLinear) for m in model.modules()):
             raise ValueError("This model is already masked: wrap the original model, not a MaskedModel.")
         if config is not None and not isinstance(config, MaskingConfig):
@@ -82,8 +87,13 @@ class MaskedModel(nn.Module):
         binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
         for name in targets.modules:
             original = model.get_submodule(name)
-            scores = init_scores(original.weight.shape, name, config).to(original.weight.device)
+            scores = init_scores(original.weight.shape, name, config).to(original.weight.device) if trainable else None
             model.set_submodule(name, MaskedLinear(original, binarize, scores))
+        # Named masks: the trainable one (scores) and any number loaded for inference.
+        self._stored: dict[str, hub.StoredMask] = {}
+        self._trainable = trainable
+        self._active = TRAINABLE_MASK if trainable else None
+        self._trainable_head: dict[str, torch.Tensor] | None = None
 
     # ----- passthrough -------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -123,13 +133,25 @@ class MaskedModel(nn.Module):
         """The current boolean masks by module name."""
         return {name: module.mask() for name, module in self.masked_modules().items()}
 
-    def sparsity(self) -> dict[str, Any]:
-        """Fraction of masked-out weights: ``{"global": x, "blocks": {i: x}, "modules": {name: x}}``."""
+    def sparsity(self, mask_name: str | None = None) -> dict[str, Any]:
+        """Fraction of masked-out weights: ``{"global": x, "blocks": {i: x}, "modules": {name: x}}``.
+
+        Of the active mask, or of the stored mask `mask_name`.
+        """
+        if mask_name is None or mask_name == self._active:
+            counts = {name: (int(m.numel() - m.count_nonzero()), m.numel()) for name, m in self.masks().items()}
+        else:
+            counts = {}
+            for name, encoded in self._stored_mask(mask_name).masks.items():
+                positions, minority, numel = codec.decode_positions(encoded.data)
+                counts[name] = (positions.size if minority == 0 else numel - positions.size, numel)
+        return self._sparsity_report(counts)
+
+    def _sparsity_report(self, counts: dict[str, tuple[int, int]]) -> dict[str, Any]:
         zeros_total = count_total = 0
         per_block: dict[int, list[int]] = {}
         per_module: dict[str, float] = {}
-        for name, mask in self.masks().items():
-            zeros, count = int(mask.numel() - mask.count_nonzero()), mask.numel()
+        for name, (zeros, count) in counts.items():
             per_module[name] = zeros / count
             zeros_total += zeros
             count_total += count
@@ -218,3 +240,212 @@ class MaskedModel(nn.Module):
         for name, layer in merged_layers.items():
             skeleton.set_submodule(name, layer)
         return skeleton
+
+    # ----- named masks -------------------------------------------------------------------
+    @property
+    def active_mask(self) -> str | None:
+        """Name of the mask the model computes with (``"default"`` is the trainable one)."""
+        return self._active
+
+    @property
+    def mask_names(self) -> list[str]:
+        """Every mask this model can switch to."""
+        return ([TRAINABLE_MASK] if self._trainable else []) + list(self._stored)
+
+    def _stored_mask(self, name: str) -> hub.StoredMask:
+        if name not in self._stored:
+            raise KeyError(f"No mask named {name!r}; this model has {self.mask_names}.")
+        return self._stored[name]
+
+    def load_mask(
+        self,
+        repo_or_path: str | hub.StoredMask,
+        name: str,
+        revision: str | None = None,
+        token: str | bool | None = None,
+    ) -> None:
+        """Load another mask of the same base, kept compressed until `set_active_mask(name)`.
+
+        Refused, with the first mismatch named, when the mask was trained on another base or
+        for a head of another shape.
+        """
+        if name in self.mask_names:
+            raise ValueError(f"A mask named {name!r} is already loaded; delete_mask({name!r}) first.")
+        if isinstance(repo_or_path, hub.StoredMask):
+            stored = repo_or_path
+        else:
+            stored = hub.read_repo_files(hub.download_repo(repo_or_path, revision, token))
+        self._check_compatible(stored)
+        self._stored[name] = stored
+
+    def _check_compatible(self, stored: hub.StoredMask) -> None:
+        record = stored.record
+        head_class = type(self.model).__name__
+        if record["head_class"] != head_class:
+            raise hub.BaseModelMismatchError(
+                f"The mask was trained on a {record['head_class']} ({record.get('model_type')}); this model is a "
+                f"{head_class} ({getattr(self.model.config, 'model_type', None)})."
+            )
+        if record["masked_modules"] != self.targets.modules:
+            missing = sorted(set(record["masked_modules"]) ^ set(self.targets.modules))
+            raise hub.BaseModelMismatchError(
+                f"The mask covers other layers than this model masks (first difference: {missing[0]}); "
+                "the base model has another number of blocks or another masking config."
+            )
+        hub.verify_fingerprints(self.model, record["base_fingerprint"])
+        own = dict([*self.model.named_parameters(), *self.model.named_buffers()])
+        for tensor_name, value in stored.head.items():
+            if tensor_name not in own:
+                raise hub.BaseModelMismatchError(f"The mask's head tensor {tensor_name} does not exist in this model.")
+            if tuple(own[tensor_name].shape) != tuple(value.shape):
+                raise hub.BaseModelMismatchError(
+                    f"The mask's head tensor {tensor_name} has shape {list(value.shape)} but this model's has "
+                    f"{list(own[tensor_name].shape)}: masks with other label sets need their own model."
+                )
+
+    def set_active_mask(self, name: str) -> None:
+        """Compute with mask `name` from now on; the base weights stay resident and untouched."""
+        if name == self._active:
+            return
+        if name != TRAINABLE_MASK or not self._trainable:
+            stored = self._stored_mask(name)
+        if self._active == TRAINABLE_MASK:
+            self._trainable_head = {n: t.detach().clone() for n, t in self._head_tensors().items()}
+        if name == TRAINABLE_MASK and self._trainable:
+            for module in self.masked_modules().values():
+                module.set_fixed_mask(None)
+            head = self._trainable_head or {}
+        else:
+            modules = self.masked_modules()
+            for module_name, encoded in stored.masks.items():
+                positions, minority, _ = codec.decode_positions(encoded.data)
+                modules[module_name].set_fixed_mask(torch.from_numpy(positions), minority)
+            head = stored.head
+        own = self._head_tensors()
+        with torch.no_grad():
+            for tensor_name, value in head.items():
+                own[tensor_name].copy_(value)
+        self._active = name
+
+    def delete_mask(self, name: str) -> None:
+        """Forget a loaded mask (not the active one)."""
+        if name == self._active:
+            raise ValueError(f"Mask {name!r} is active; switch to another with set_active_mask first.")
+        if name == TRAINABLE_MASK and self._trainable:
+            raise ValueError("The trainable mask cannot be deleted.")
+        self._stored_mask(name)  # a clear KeyError for unknown names
+        del self._stored[name]
+
+    def _head_tensors(self) -> dict[str, torch.Tensor]:
+        own = dict([*self.model.named_parameters(), *self.model.named_buffers()])
+        return {name: own[name] for name in self.head_tensor_names()}
+
+    # ----- the tiny repo -----------------------------------------------------------------
+    def _record(self) -> dict[str, Any]:
+        from . import __version__
+
+        config = self.model.config
+        label_keys = ("id2label", "label2id", "problem_type")
+        return {
+            "format_version": hub.FORMAT_VERSION,
+            "hf_masking_version": __version__,
+            "codec": codec.CODEC_NAME,
+            "codec_version": codec.CODEC_VERSION,
+            "masking_config": self.masking_config.to_dict(),
+            "base_model_name_or_path": getattr(self.model, "name_or_path", None) or None,
+            "base_model_revision": getattr(config, "_commit_hash", None),
+            "model_type": getattr(config, "model_type", None),
+            "head_class": type(self.model).__name__,
+            "label_config": {k: getattr(config, k) for k in label_keys if getattr(config, k, None) is not None},
+            "masked_modules": list(self.targets.modules),
+            # The head travels with the mask, so only weights that come from the base are checked.
+            "base_fingerprint": {
+                name: hub.fingerprint(m.weight)
+                for name, m in self.masked_modules().items()
+                if f"{name}.weight" not in set(self.head_tensor_names())
+            },
+        }
+
+    def to_stored_mask(self, mask_name: str | None = None) -> hub.StoredMask:
+        """The repo contents of a mask: the active one unless `mask_name` says otherwise."""
+        name = mask_name or self._active
+        if name in self._stored:
+            return self._stored[name]
+        if name != TRAINABLE_MASK or not self._trainable:
+            raise KeyError(f"No mask named {name!r}; this model has {self.mask_names}.")
+        if self._active != TRAINABLE_MASK:
+            raise ValueError("Activate the trainable mask before saving it: set_active_mask('default').")
+        masks = {module: codec.encode(mask) for module, mask in self.masks().items()}
+        head = {n: t.detach().cpu().clone() for n, t in self._head_tensors().items()}
+        return hub.StoredMask(record=self._record(), masks=masks, head=head)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, mask_name: str | None = None, **_: Any) -> None:
+        """Write the tiny mask repo (config, compressed mask + head, model card) atomically."""
+        stored = self.to_stored_mask(mask_name)
+        card = hub.model_card(stored, self.sparsity(mask_name))
+        hub.save_atomically(os.fspath(save_directory), stored, card)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        mask_name: str | None = None,
+    ) -> str:
+        """Upload the tiny mask repo to the Hub; returns the commit URL."""
+        stored = self.to_stored_mask(mask_name)
+        with tempfile.TemporaryDirectory() as folder:
+            hub.write_repo_files(folder, stored, hub.model_card(stored, self.sparsity(mask_name), repo_id))
+            return hub.upload_folder(folder, repo_id, private, token, revision, commit_message, hub.REPO_FILES)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | os.PathLike,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        base_model: str | nn.Module | None = None,
+        **base_kwargs: Any,
+    ) -> MaskedModel:
+        """Rebuild a masked model from a mask repo (Hub id or folder), ready for inference.
+
+        The base comes from the repo's recorded base id at its pinned revision, unless
+        `base_model` names another copy (a local folder, another id) or passes a loaded model;
+        either way it must match the fingerprint of the weights the mask was trained on.
+        `base_kwargs` go to the base's ``from_pretrained`` (``dtype``, ``device_map``…).
+        """
+        stored = hub.read_repo_files(hub.download_repo(os.fspath(repo_id_or_path), revision, token))
+        base = (
+            base_model
+            if isinstance(base_model, nn.Module)
+            else _load_base(stored.record, base_model, token, base_kwargs)
+        )
+        masked = cls(base, stored.config, trainable=False)
+        masked.load_mask(stored, TRAINABLE_MASK)
+        masked.set_active_mask(TRAINABLE_MASK)
+        return masked.eval()
+
+
+def _load_base(record: dict[str, Any], base_model: str | None, token: Any, base_kwargs: dict[str, Any]) -> nn.Module:
+    import transformers
+
+    head_class = getattr(transformers, record["head_class"], None)
+    if head_class is None:
+        raise hub.MaskRepoError(f"The mask's head class {record['head_class']!r} is not in this transformers version.")
+    source = base_model or record["base_model_name_or_path"]
+    if source is None:
+        raise ValueError("The mask repo names no base model; pass base_model=... to from_pretrained.")
+    kwargs = dict(base_kwargs)
+    if base_model is None and record.get("base_model_revision") and not os.path.isdir(source):
+        kwargs.setdefault("revision", record["base_model_revision"])
+    label_config = dict(record.get("label_config", {}))
+    if "id2label" in label_config:
+        label_config["id2label"] = {int(k): v for k, v in label_config["id2label"].items()}
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the head is "newly initialised": expected, it is replaced
+    try:
+        return head_class.from_pretrained(source, token=token, **label_config, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)

@@ -76,9 +76,13 @@ def test_fixed_mask_overrides_scores():
     base, layer = _layer("linear")
     fixed = torch.zeros_like(base.weight, dtype=torch.bool)
     fixed[0] = True
-    layer.fixed_mask = fixed
     x = torch.randn(2, 16)
-    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, base.weight * fixed, base.bias))
+    for minority in (0, 1):
+        layer.set_fixed_mask(torch.nonzero(fixed.view(-1) == bool(minority)).view(-1), minority)
+        assert torch.equal(layer.mask(), fixed)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, base.weight * fixed, base.bias))
+    layer.set_fixed_mask(None)
+    assert torch.equal(layer.mask(), layer.mask_scores >= 0.01)
 
 
 def test_topk_keeps_a_fixed_fraction_per_layer():
