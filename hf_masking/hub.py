@@ -96,6 +96,35 @@ def verify_fingerprints(model: nn.Module, expected: dict[str, dict[str, Any]]) -
             )
 
 
+def find_cached_revision(repo_id: str | None, tensor_names: list[str], record: dict[str, Any]) -> str | None:
+    """The commit of the Hub snapshot in the local cache whose weights are the ones in memory.
+
+    transformers resolves a base's revision to a commit but does not keep it on the model, so
+    the cached snapshots of `repo_id` are searched for the one holding this exact weight.
+    """
+    if not repo_id or os.path.isdir(repo_id) or repo_id.count("/") > 1:
+        return None
+    from huggingface_hub import constants
+
+    snapshots = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"), "snapshots")
+    if not os.path.isdir(snapshots):
+        return None
+    candidates = sorted(os.scandir(snapshots), key=lambda entry: entry.stat().st_mtime, reverse=True)
+    for snapshot in candidates:
+        for file_name in sorted(os.listdir(snapshot.path)):
+            if not file_name.endswith(".safetensors"):
+                continue
+            try:
+                with safe_open(os.path.join(snapshot.path, file_name), framework="pt") as handle:
+                    keys = set(handle.keys())
+                    key = next((k for k in tensor_names if k in keys), None)
+                    if key is not None and fingerprint(handle.get_tensor(key))["sha256"] == record["sha256"]:
+                        return snapshot.name
+            except (SafetensorError, OSError):
+                continue
+    return None
+
+
 # ----- what a saved mask is --------------------------------------------------------------
 @dataclass
 class StoredMask:
@@ -274,7 +303,10 @@ def download_repo(repo_id: str, revision: str | None, token: str | bool | None) 
     except RevisionNotFoundError as err:
         raise OSError(f"The mask repo {repo_id!r} has no revision {revision!r}.") from err
     except EntryNotFoundError as err:
-        raise MaskRepoError(f"{repo_id!r} is not a mask repo: it has no {CONFIG_NAME} or {WEIGHTS_NAME}.") from err
+        raise MaskRepoError(
+            f"{repo_id!r} at revision {revision or 'main'!r} is not a mask repo: it has no {CONFIG_NAME} or "
+            f"{WEIGHTS_NAME}."
+        ) from err
     return os.path.dirname(config_path)
 
 

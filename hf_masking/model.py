@@ -346,24 +346,33 @@ class MaskedModel(nn.Module):
 
         config = self.model.config
         label_keys = ("id2label", "label2id", "problem_type")
+        head = set(self.head_tensor_names())
+        # The head travels with the mask, so only weights that come from the base are checked.
+        fingerprints = {
+            name: hub.fingerprint(m.weight) for name, m in self.masked_modules().items() if f"{name}.weight" not in head
+        }
+        name_or_path = getattr(self.model, "name_or_path", None) or None
+        revision = None
+        if fingerprints:
+            first = next(iter(fingerprints))
+            prefix = backbone_prefix(self.model)
+            names = [f"{first}.weight"]
+            if prefix and first.startswith(prefix + "."):
+                names.append(f"{first[len(prefix) + 1 :]}.weight")  # a checkpoint of the bare backbone
+            revision = hub.find_cached_revision(name_or_path, names, fingerprints[first])
         return {
             "format_version": hub.FORMAT_VERSION,
             "hf_masking_version": __version__,
             "codec": codec.CODEC_NAME,
             "codec_version": codec.CODEC_VERSION,
             "masking_config": self.masking_config.to_dict(),
-            "base_model_name_or_path": getattr(self.model, "name_or_path", None) or None,
-            "base_model_revision": getattr(config, "_commit_hash", None),
+            "base_model_name_or_path": name_or_path,
+            "base_model_revision": revision,
             "model_type": getattr(config, "model_type", None),
             "head_class": type(self.model).__name__,
             "label_config": {k: getattr(config, k) for k in label_keys if getattr(config, k, None) is not None},
             "masked_modules": list(self.targets.modules),
-            # The head travels with the mask, so only weights that come from the base are checked.
-            "base_fingerprint": {
-                name: hub.fingerprint(m.weight)
-                for name, m in self.masked_modules().items()
-                if f"{name}.weight" not in set(self.head_tensor_names())
-            },
+            "base_fingerprint": fingerprints,
         }
 
     def to_stored_mask(self, mask_name: str | None = None) -> hub.StoredMask:

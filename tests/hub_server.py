@@ -180,6 +180,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "auth": {"type": "access_token", "accessToken": {"role": "write"}},
                 },
             )
+        if parts[:2] == ["api", "validate-yaml"] and method == "POST":
+            content = json.loads(body or b"{}").get("content", "")
+            if not content.startswith("---"):
+                return self._json(400, {"error": "README.md metadata must start with ---"})
+            return self._json(200, {"warnings": []})
         if parts[:3] == ["api", "repos", "create"] and method == "POST":
             data = json.loads(body or b"{}")
             repo_id = f"{data.get('organization') or self._user()}/{data['name']}"
@@ -188,7 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
             url = f"{self.server.endpoint}/{repo_id}"
             if repo_id in state.repos:
                 return self._json(409, {"error": "You already created this model repo", "url": url})
-            state.repos[repo_id] = {"private": bool(data.get("private")), "branches": {}, "commits": {}}
+            private = bool(data.get("private")) or data.get("visibility") == "private"
+            state.repos[repo_id] = {"private": private, "branches": {}, "commits": {}}
             state.commit(state.repos[repo_id], "main", "initial commit", {".gitattributes": state.put_blob(b"")})
             state.save()
             return self._json(200, {"url": url, "name": repo_id})
