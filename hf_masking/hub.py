@@ -64,15 +64,16 @@ def fingerprint(weight: torch.Tensor) -> dict[str, Any]:
 
 
 def verify_fingerprints(model: nn.Module, expected: dict[str, dict[str, Any]]) -> None:
-    """Raise `BaseModelMismatchError` at the first masked weight that differs from the recorded one."""
-    for name, record in expected.items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise BaseModelMismatchError(
-                f"The base model has no module {name!r}, which the mask was trained on: it is another architecture."
-            ) from None
-        weight = module.weight
+    """Raise `BaseModelMismatchError` at the first masked weight (in model order) that differs."""
+    modules = dict(model.named_modules())
+    missing = [name for name in expected if name not in modules]
+    if missing:
+        raise BaseModelMismatchError(
+            f"The base model has no module {missing[0]!r}, which the mask was trained on: it is another architecture."
+        )
+    for name in [name for name in modules if name in expected]:
+        record = expected[name]
+        weight = modules[name].weight
         if list(weight.shape) != record["shape"]:
             raise BaseModelMismatchError(
                 f"{name}.weight has shape {list(weight.shape)} in the base model but {record['shape']} in the one "

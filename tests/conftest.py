@@ -80,3 +80,38 @@ def random_batch(batch: int = 4, length: int = 8, vocab: int = 120, seed: int = 
         "input_ids": torch.randint(3, vocab, (batch, length), generator=generator),
         "attention_mask": torch.ones(batch, length, dtype=torch.long),
     }
+
+
+def save_pretrained_base(directory, model_type: str = "bert", seed: int = 0, **overrides) -> str:
+    """Save a bare backbone the way a pretrained checkpoint is published; returns its folder."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    AutoModel.from_config(tiny_config(model_type, **overrides)).save_pretrained(directory)
+    return str(directory)
+
+
+def load_quietly(head_cls, path, **kwargs):
+    """`from_pretrained` without transformers' report of the newly initialised head."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        return head_cls.from_pretrained(path, **kwargs).eval()
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def train_a_little(model, steps: int = 3, seed: int = 0, lr: float = 0.05):
+    """A few Adam steps on random data, so the mask moves away from its initialisation."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    num_labels = model.config.num_labels
+    for step in range(steps):
+        batch = random_batch(seed=seed * 100 + step)
+        labels = torch.arange(batch["input_ids"].shape[0]) % num_labels
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
