@@ -1,6 +1,7 @@
 """hf-masking: learn binary masks on a frozen pretrained model instead of finetuning it."""
 
-from .callback import MaskingCallback
+from typing import Any
+
 from .config import MaskingConfig
 from .ensemble import MaskEnsemble
 from .hub import BaseModelMismatchError, MaskRepoError
@@ -19,3 +20,13 @@ __all__ = [
     "MaskingConfig",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The callback pulls in the Trainer stack (~150 MB resident); a server that only loads
+    # masks for inference should not pay for it.
+    if name == "MaskingCallback":
+        from .callback import MaskingCallback
+
+        return MaskingCallback
+    raise AttributeError(f"module 'hf_masking' has no attribute {name!r}")

@@ -32,15 +32,18 @@ class MaskCodecError(ValueError):
 class EncodedMask:
     data: bytes
     shape: tuple[int, ...]
-    digest: str  # sha256 of the packed mask bits, checked after decoding
+    digest: str  # `positions_digest` of the mask, checked after decoding
 
     @property
     def nbytes(self) -> int:
         return len(self.data)
 
 
-def mask_digest(mask: np.ndarray) -> str:
-    return hashlib.sha256(np.packbits(mask.reshape(-1).astype(np.bool_)).tobytes()).hexdigest()
+def positions_digest(positions: np.ndarray, minority: int, numel: int) -> str:
+    """sha256 of what a mask is (its size, minority value and their positions), to check decoding."""
+    digest = hashlib.sha256(f"{numel}:{minority}:".encode())
+    digest.update(np.ascontiguousarray(positions, dtype="<i8").tobytes())
+    return digest.hexdigest()
 
 
 def _rice_bits(values: np.ndarray, k: int) -> int:
@@ -71,7 +74,7 @@ def encode(mask: torch.Tensor) -> EncodedMask:
     planes = [np.packbits(((values >> np.uint64(j)) & np.uint64(1)).astype(np.uint8)).tobytes() for j in range(k)]
     body = np.packbits(unary).tobytes() + b"".join(planes)
     header = _HEADER.pack(_MAGIC, CODEC_VERSION, minority, k, numel, positions.size, unary_bits, zlib.crc32(body))
-    return EncodedMask(header + body, tuple(mask.shape), mask_digest(flat))
+    return EncodedMask(header + body, tuple(mask.shape), positions_digest(positions, minority, numel))
 
 
 def decode_positions(data: bytes) -> tuple[np.ndarray, int, int]:
@@ -93,8 +96,10 @@ def decode_positions(data: bytes) -> tuple[np.ndarray, int, int]:
     ends = np.flatnonzero(unary == 0)
     if ends.size != count:
         raise MaskCodecError("mask data is corrupted (wrong number of values)")
-    values = (np.diff(ends, prepend=-1) - 1) << k
-    remainders = np.zeros(count, dtype=np.uint32 if k <= 32 else np.int64)
+    # int32 halves the memory traffic of the passes below; layers beyond 2^31 weights need int64.
+    index_type = np.int32 if numel < 2**31 and k < 31 else np.int64
+    values = (np.diff(ends.astype(index_type), prepend=index_type(-1)) - 1) << k
+    remainders = np.zeros(count, dtype=index_type)
     for j in range(k):
         plane = np.frombuffer(body[unary_bytes + j * plane_bytes : unary_bytes + (j + 1) * plane_bytes], np.uint8)
         remainders |= np.unpackbits(plane, count=count).astype(remainders.dtype) << j
@@ -105,16 +110,22 @@ def decode_positions(data: bytes) -> tuple[np.ndarray, int, int]:
     return positions, minority, numel
 
 
-def decode(encoded: EncodedMask) -> torch.Tensor:
-    """Decompress to a boolean tensor, verified against the stored digest."""
+def verify(encoded: EncodedMask) -> tuple[np.ndarray, int, int]:
+    """Decode the positions and check them against the stored digest and shape."""
     positions, minority, numel = decode_positions(encoded.data)
     expected = int(np.prod(encoded.shape, dtype=np.int64))
     if numel != expected:
         raise MaskCodecError(f"mask data holds {numel} values but its shape {list(encoded.shape)} needs {expected}")
+    if positions_digest(positions, minority, numel) != encoded.digest:
+        raise MaskCodecError("mask data is corrupted (checksum mismatch after decoding)")
+    return positions, minority, numel
+
+
+def decode(encoded: EncodedMask) -> torch.Tensor:
+    """Decompress to a boolean tensor, verified against the stored digest."""
+    positions, minority, numel = verify(encoded)
     flat = np.full(numel, not minority, dtype=np.bool_)
     flat[positions] = bool(minority)
-    if mask_digest(flat) != encoded.digest:
-        raise MaskCodecError("mask data is corrupted (checksum mismatch after decoding)")
     return torch.from_numpy(flat).reshape(encoded.shape)
 
 

@@ -81,6 +81,7 @@ class MaskedLinear(nn.Module):
         # A loaded mask, stored compactly as the flat positions of its minority value.
         self.register_buffer("fixed_positions", None, persistent=False)
         self.fixed_minority = 0
+        self._removed: torch.Tensor | None = None  # weight values a fixed mask has zeroed in place
         # Kept outside the module tree (a tuple is not registered) so unwrapping restores it.
         self._original = (base,)
 
@@ -93,24 +94,52 @@ class MaskedLinear(nn.Module):
         return self.weight.shape[1] if self.transposed else self.weight.shape[0]
 
     def set_fixed_mask(self, positions: torch.Tensor | None, minority: int = 0) -> None:
-        """Use a fixed mask given by the flat positions of its minority value (0: zeros, 1: ones).
+        """Compute with a fixed mask, given by the flat positions of its minority value (0 or 1).
 
-        ``None`` goes back to the mask of the scores. Positions cost 4 bytes per minority entry
-        (~0.2 bytes per weight at 5% sparsity) instead of a byte per weight for a bool mask.
+        The mask is applied to the weight in place and the values it removes are kept aside, so
+        inference runs at the speed of a plain linear layer and costs ~8 bytes per masked-out
+        weight (position + value) instead of a bool per weight. ``None`` restores the original
+        weight exactly and goes back to the mask of the scores.
         """
+        self._restore_weight()
         if positions is None:
-            self.fixed_positions = None
             return
-        self.fixed_positions = positions.to(device=self.weight.device, dtype=torch.int32)
+        flat = self.weight.data.view(-1)
+        positions = positions.to(device=self.weight.device, dtype=torch.int32)
+        with torch.no_grad():
+            if minority == 0:
+                index = positions.long()
+                self._removed = torch.index_select(flat, 0, index)
+                flat.index_fill_(0, index, 0)
+            else:  # mostly zeros: keep the whole weight aside, then keep only the listed entries
+                self._removed = flat.clone()
+                flat.zero_()
+                index = positions.long()
+                flat[index] = self._removed[index]
+        self.fixed_positions = positions
         self.fixed_minority = minority
 
-    def _apply_fixed_mask(self) -> torch.Tensor:
-        positions = self.fixed_positions.long()
-        if self.fixed_minority == 0:
-            return self.weight.detach().clone().view(-1).index_fill_(0, positions, 0).view_as(self.weight)
-        out = torch.zeros_like(self.weight)
-        out.view(-1)[positions] = self.weight.detach().view(-1)[positions]
-        return out
+    def _restore_weight(self) -> None:
+        if self.fixed_positions is None:
+            return
+        flat = self.weight.data.view(-1)
+        with torch.no_grad():
+            if self.fixed_minority == 0:
+                flat.index_copy_(0, self.fixed_positions.long(), self._removed)
+            else:
+                flat.copy_(self._removed)
+        self.fixed_positions = None
+        self._removed = None
+
+    def original_weight(self) -> torch.Tensor:
+        """The unmasked weight, even while a fixed mask has zeroed part of it in place."""
+        if self.fixed_positions is None:
+            return self.weight.detach()
+        if self.fixed_minority == 1:
+            return self._removed.view_as(self.weight)
+        weight = self.weight.detach().clone()
+        weight.view(-1)[self.fixed_positions.long()] = self._removed
+        return weight
 
     def mask(self) -> torch.Tensor:
         """The current boolean mask, in the weight's shape."""
@@ -128,11 +157,10 @@ class MaskedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.mask_scores
         if self.fixed_positions is not None:
-            masked = self._apply_fixed_mask()
-        elif scores is not None and torch.is_grad_enabled():
+            return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)  # masked in place
+        if scores is not None and torch.is_grad_enabled():
             return _MaskedLinearFunction.apply(x, self.weight, self.bias, scores, self.binarize, self.transposed)
-        else:
-            masked = self.weight * self.mask()
+        masked = self.weight * self.mask()
         return F.linear(x, masked.t() if self.transposed else masked, self.bias)
 
     def original(self) -> nn.Module:

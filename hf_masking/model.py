@@ -94,6 +94,7 @@ class MaskedModel(nn.Module):
         self._trainable = trainable
         self._active = TRAINABLE_MASK if trainable else None
         self._trainable_head: dict[str, torch.Tensor] | None = None
+        self._fingerprints: dict[str, dict[str, Any]] | None = None
 
     # ----- passthrough -------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -241,6 +242,13 @@ class MaskedModel(nn.Module):
             skeleton.set_submodule(name, layer)
         return skeleton
 
+    def unload(self) -> nn.Module:
+        """Put the original linear layers back and return the unmasked base model (scores dropped)."""
+        for name, layer in self.masked_modules().items():
+            layer.set_fixed_mask(None)  # give the weight its masked-out values back
+            self.model.set_submodule(name, layer.original())
+        return self.model
+
     # ----- named masks -------------------------------------------------------------------
     @property
     def active_mask(self) -> str | None:
@@ -292,7 +300,7 @@ class MaskedModel(nn.Module):
                 f"The mask covers other layers than this model masks (first difference: {missing[0]}); "
                 "the base model has another number of blocks or another masking config."
             )
-        hub.verify_fingerprints(self.model, record["base_fingerprint"])
+        hub.compare_fingerprints(self.base_fingerprints(), record["base_fingerprint"])
         own = dict([*self.model.named_parameters(), *self.model.named_buffers()])
         for tensor_name, value in stored.head.items():
             if tensor_name not in own:
@@ -304,27 +312,24 @@ class MaskedModel(nn.Module):
                 )
 
     def set_active_mask(self, name: str) -> None:
-        """Compute with mask `name` from now on; the base weights stay resident and untouched."""
+        """Compute with mask `name` from now on; the base stays resident, no weight is reloaded."""
         if name == self._active:
             return
-        if name != TRAINABLE_MASK or not self._trainable:
-            stored = self._stored_mask(name)
+        trainable = name == TRAINABLE_MASK and self._trainable
+        stored = None if trainable else self._stored_mask(name)
+        modules = self.masked_modules()
+        for module in modules.values():
+            module.set_fixed_mask(None)  # original weights back before the head changes
         if self._active == TRAINABLE_MASK:
             self._trainable_head = {n: t.detach().clone() for n, t in self._head_tensors().items()}
-        if name == TRAINABLE_MASK and self._trainable:
-            for module in self.masked_modules().values():
-                module.set_fixed_mask(None)
-            head = self._trainable_head or {}
-        else:
-            modules = self.masked_modules()
+        own = self._head_tensors()
+        with torch.no_grad():
+            for tensor_name, value in (self._trainable_head or {} if trainable else stored.head).items():
+                own[tensor_name].copy_(value)
+        if stored is not None:
             for module_name, encoded in stored.masks.items():
                 positions, minority, _ = codec.decode_positions(encoded.data)
                 modules[module_name].set_fixed_mask(torch.from_numpy(positions), minority)
-            head = stored.head
-        own = self._head_tensors()
-        with torch.no_grad():
-            for tensor_name, value in head.items():
-                own[tensor_name].copy_(value)
         self._active = name
 
     def delete_mask(self, name: str) -> None:
@@ -341,16 +346,23 @@ class MaskedModel(nn.Module):
         return {name: own[name] for name in self.head_tensor_names()}
 
     # ----- the tiny repo -----------------------------------------------------------------
+    def base_fingerprints(self) -> dict[str, dict[str, Any]]:
+        """Fingerprints of the masked base weights (head excluded), computed once: the base is frozen."""
+        if self._fingerprints is None:
+            head = set(self.head_tensor_names())
+            self._fingerprints = {
+                name: hub.fingerprint(m.original_weight())
+                for name, m in self.masked_modules().items()
+                if f"{name}.weight" not in head
+            }
+        return self._fingerprints
+
     def _record(self) -> dict[str, Any]:
         from . import __version__
 
         config = self.model.config
         label_keys = ("id2label", "label2id", "problem_type")
-        head = set(self.head_tensor_names())
-        # The head travels with the mask, so only weights that come from the base are checked.
-        fingerprints = {
-            name: hub.fingerprint(m.weight) for name, m in self.masked_modules().items() if f"{name}.weight" not in head
-        }
+        fingerprints = self.base_fingerprints()  # the head travels with the mask: not checked
         name_or_path = getattr(self.model, "name_or_path", None) or None
         revision = None
         if fingerprints:

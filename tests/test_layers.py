@@ -77,11 +77,15 @@ def test_fixed_mask_overrides_scores():
     fixed = torch.zeros_like(base.weight, dtype=torch.bool)
     fixed[0] = True
     x = torch.randn(2, 16)
+    original = base.weight.detach().clone()
+    expected = torch.nn.functional.linear(x, original * fixed, base.bias)
     for minority in (0, 1):
         layer.set_fixed_mask(torch.nonzero(fixed.view(-1) == bool(minority)).view(-1), minority)
         assert torch.equal(layer.mask(), fixed)
-        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, base.weight * fixed, base.bias))
+        assert torch.equal(layer.original_weight(), original)
+        torch.testing.assert_close(layer(x), expected)
     layer.set_fixed_mask(None)
+    assert torch.equal(base.weight, original)  # restored bit for bit
     assert torch.equal(layer.mask(), layer.mask_scores >= 0.01)
 
 

@@ -200,3 +200,13 @@ def test_merge_gives_a_plain_model_with_identical_outputs():
     torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, rtol=0, atol=1e-6)
     # The masked model still works after merging.
     assert any(isinstance(m, MaskedLinear) for m in model.modules())
+
+
+def test_unload_restores_the_original_model():
+    base = build_model(AutoModelForSequenceClassification, "bert")
+    expected = base(**random_batch()).logits
+    model = MaskedModel(base, MaskingConfig(initial_sparsity=0.3))
+    plain = model.unload()
+    assert plain is base and not any(isinstance(m, MaskedLinear) for m in plain.modules())
+    assert torch.equal(plain(**random_batch()).logits, expected)
+    MaskedModel(plain)  # and it can be wrapped again
