@@ -180,7 +180,10 @@ def save_atomically(directory: str, stored: StoredMask, card: str) -> None:
     try:
         write_repo_files(staging, stored, card)
         os.makedirs(directory, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
         for name in REPO_FILES:
+            os.chmod(os.path.join(staging, name), 0o666 & ~umask)  # shareable, like any saved model
             os.replace(os.path.join(staging, name), os.path.join(directory, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -53,10 +53,10 @@ class _MaskedLinearFunction(torch.autograd.Function):
             flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
             # Gradient of the effective weight, in the weight's own orientation.
             grad_eff = flat_x.t() @ flat_grad if ctx.transposed else flat_grad.t() @ flat_x
-            if needs_s:
-                grad_s = (grad_eff * weight.to(dtype)).to(scores.dtype)
             if needs_w:
                 grad_w = (grad_eff * mask).to(weight.dtype)
+            if needs_s:  # in place: grad_eff is a temporary, and fresh weight-sized buffers cost page faults
+                grad_s = grad_eff.mul_(weight.to(dtype)).to(scores.dtype)
         if needs_b:
             grad_b = flat_grad.sum(0)
         return grad_x, grad_w, grad_b, grad_s, None, None

@@ -1,0 +1,56 @@
+"""`MaskingArguments`: every `MaskingConfig` knob as a command-line flag for the example scripts.
+
+Generated from `MaskingConfig`'s fields, so a new knob is a new flag without a second list to
+keep in sync. Flags are prefixed ``mask_`` (``--mask_initial_sparsity 0.05``) because
+``TrainingArguments`` already owns names such as ``--seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field, fields, make_dataclass
+from typing import Any
+
+from .config import MaskingConfig
+
+
+def _flag_name(name: str) -> str:
+    return name if name.startswith("mask_") else f"mask_{name}"
+
+
+def _to_masking_config(self: Any, default_seed: int | None = None) -> MaskingConfig:
+    values = {f.name: getattr(self, _flag_name(f.name)) for f in fields(MaskingConfig)}
+    if values["seed"] is None:
+        values["seed"] = default_seed if default_seed is not None else 0
+    return MaskingConfig(**values)
+
+
+def _build() -> type:
+    specs: list[tuple[str, Any, Any]] = [
+        ("no_masking", bool, field(default=False, metadata={"help": "Plain finetuning instead of masking."})),
+        (
+            "mask_from",
+            str | None,
+            field(
+                default=None,
+                metadata={"help": "A mask repo (folder or Hub id) to evaluate instead of training a new mask."},
+            ),
+        ),
+    ]
+    for f in fields(MaskingConfig):
+        default = f.default if f.default is not MISSING else None
+        annotation = f.type
+        help_text = f.metadata.get("help", "")
+        if f.name == "seed":  # follows --seed unless given
+            annotation, default = "int | None", None
+            help_text += " Default: the training --seed."
+        specs.append((_flag_name(f.name), annotation, field(default=default, metadata={"help": help_text})))
+    cls = make_dataclass(
+        "MaskingArguments",
+        specs,
+        namespace={"to_masking_config": _to_masking_config, "__module__": __name__},
+    )
+    cls.__doc__ = "Masking flags of the example scripts; `to_masking_config()` turns them into a `MaskingConfig`."
+    return cls
+
+
+MaskingArguments = _build()

@@ -1,0 +1,186 @@
+"""Offline readers for the example scripts: GLUE files as distributed, CoNLL columns, csv/tsv/json.
+
+Every problem with an input file (missing, unknown extension, missing column) is a clear
+`DataFileError` raised before any model is loaded or trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+EXTENSIONS = ("csv", "tsv", "json", "jsonl")
+# CoNLL column files come as .conll/.txt or, like CoNLL-2003 itself, named eng.train / eng.testa / eng.testb.
+CONLL_EXTENSIONS = ("conll", "conll03", "txt", "iob", "bio", "train", "testa", "testb", "dev", "test")
+
+
+class DataFileError(ValueError):
+    """An input file is missing, of an unknown type, or lacks a needed column."""
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    keys: tuple[str, str | None]  # output text columns, as in the GLUE datasets on the Hub
+    file_columns: tuple[str, str | None]  # the same columns as named in the distributed files
+    label_column: str  # label column in the files
+    labels: tuple[str, ...] | None  # label names (None: regression)
+    headerless_columns: tuple[str, ...] | None = None  # column names of files shipped without a header
+
+
+GLUE = {
+    "cola": GlueTask(
+        ("sentence", None),
+        ("sentence", None),
+        "label",
+        ("unacceptable", "acceptable"),
+        ("source", "label", "original_label", "sentence"),
+    ),
+    "sst2": GlueTask(("sentence", None), ("sentence", None), "label", ("negative", "positive")),
+    "mrpc": GlueTask(
+        ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent")
+    ),
+    "qqp": GlueTask(
+        ("question1", "question2"), ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate")
+    ),
+    "stsb": GlueTask(("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", None),
+    "mnli": GlueTask(
+        ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction")
+    ),
+    "qnli": GlueTask(("question", "sentence"), ("question", "sentence"), "label", ("entailment", "not_entailment")),
+    "rte": GlueTask(("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("entailment", "not_entailment")),
+    "wnli": GlueTask(("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("not_entailment", "entailment")),
+}
+
+
+def check_file(path: str | None, what: str, extensions: tuple[str, ...] = EXTENSIONS) -> str | None:
+    """Fail early and clearly on a missing file or an extension no reader handles; returns the extension."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise DataFileError(f"--{what} {path!r}: no such file.")
+    extension = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
+    if extension not in extensions:
+        raise DataFileError(f"--{what} {path!r}: unknown extension {extension!r}; expected one of {list(extensions)}.")
+    return extension
+
+
+def _read_tsv(path: str, header: bool) -> pd.DataFrame:
+    # GLUE files contain unescaped quote characters: read with quoting disabled; MRPC starts with a BOM.
+    return pd.read_csv(
+        path,
+        sep="\t",
+        quoting=csv.QUOTE_NONE,
+        encoding="utf-8-sig",
+        dtype=str,
+        keep_default_na=False,
+        header=0 if header else None,
+    )
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """A csv, tsv or json(l) file as a DataFrame with its own column names."""
+    extension = check_file(path, "file")
+    if extension == "tsv":
+        return _read_tsv(path, header=True)
+    if extension == "csv":
+        return pd.read_csv(path, keep_default_na=False)
+    try:
+        return pd.read_json(path, lines=True)
+    except ValueError:
+        return pd.read_json(path)
+
+
+def read_glue_file(path: str, task_name: str) -> pd.DataFrame:
+    """A GLUE task's tsv file as distributed: columns renamed to the Hub dataset's, labels as indices."""
+    task = GLUE[task_name]
+    with open(path, encoding="utf-8-sig") as handle:
+        first_line = handle.readline().rstrip("\n").split("\t")
+    has_header = task.headerless_columns is None or "sentence" in first_line or "index" in first_line
+    frame = _read_tsv(path, header=has_header)
+    if not has_header:
+        frame.columns = list(task.headerless_columns)[: frame.shape[1]]
+    columns = {src: dst for src, dst in zip(task.file_columns, task.keys, strict=True) if src is not None}
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataFileError(
+            f"{path!r} is not a {task_name} file as distributed: no column {missing[0]!r} "
+            f"(columns: {list(frame.columns)})."
+        )
+    out = frame[list(columns)].rename(columns=columns)
+    if task.label_column in frame.columns:  # test files have no labels
+        raw = frame[task.label_column]
+        if task.labels is None:
+            out["label"] = raw.astype(float)
+        elif raw.str.fullmatch(r"\d+").all():
+            out["label"] = raw.astype(int)
+        else:
+            unknown = sorted(set(raw) - set(task.labels))
+            if unknown:
+                raise DataFileError(f"{path!r}: label {unknown[0]!r} is not a {task_name} label {list(task.labels)}.")
+            out["label"] = raw.map(task.labels.index)
+    return out
+
+
+def load_files(files: dict[str, str | None], task_name: str | None = None) -> DatasetDict:
+    """Read the given splits (``{"train": path, ...}``, None entries skipped) into a DatasetDict."""
+    splits = {}
+    for split, path in files.items():
+        if path is None:
+            continue
+        check_file(path, f"{split}_file")
+        frame = read_glue_file(path, task_name) if task_name else read_table(path)
+        splits[split] = Dataset.from_pandas(frame, preserve_index=False)
+    return DatasetDict(splits)
+
+
+def require_columns(dataset: DatasetDict, columns: list[str], what: str) -> None:
+    for split, data in dataset.items():
+        missing = [c for c in columns if c not in data.column_names]
+        if missing:
+            raise DataFileError(
+                f"The {split} data has no {what} column {missing[0]!r}; its columns are {data.column_names}."
+            )
+
+
+def read_conll(path: str) -> Dataset:
+    """CoNLL column files (token … tag per line, blank lines between sentences, -DOCSTART- anywhere)."""
+    sentences: list[list[str]] = []
+    tags: list[list[str]] = []
+    tokens, labels = [], []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if tokens:
+                    sentences.append(tokens)
+                    tags.append(labels)
+                tokens, labels = [], []
+                continue
+            if len(parts) < 2:
+                raise DataFileError(f"{path}:{line_number}: expected 'token ... tag', got {line.strip()!r}.")
+            tokens.append(parts[0])
+            labels.append(parts[-1])
+    if tokens:
+        sentences.append(tokens)
+        tags.append(labels)
+    if not sentences:
+        raise DataFileError(f"{path!r} holds no sentence.")
+    return Dataset.from_dict({"tokens": sentences, "ner_tags": tags})
+
+
+def load_token_files(files: dict[str, str | None]) -> DatasetDict:
+    """NER splits from CoNLL column files or csv/json(l) tables, each checked before reading."""
+    splits = {}
+    for split, path in files.items():
+        if path is None:
+            continue
+        extension = check_file(path, f"{split}_file", EXTENSIONS + CONLL_EXTENSIONS)
+        if extension in CONLL_EXTENSIONS:
+            splits[split] = read_conll(path)
+        else:
+            splits[split] = Dataset.from_pandas(read_table(path), preserve_index=False)
+    return DatasetDict(splits)

@@ -1,0 +1,76 @@
+"""What the three example scripts share: wrapping the model, saving, pushing, reporting.
+
+Kept here so the scripts stay one linear `main()` each, like transformers' originals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from .model import MaskedModel
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingArguments) -> nn.Module:
+    """Finetune as is (`--no_masking`), evaluate a saved mask (`--mask_from`), or wrap for masking.
+
+    A mask repo is checked against the base given by --model_name_or_path here, before any work.
+    """
+    if masking_args.no_masking:
+        if masking_args.mask_from:
+            raise ValueError("--mask_from evaluates a mask; it cannot be combined with --no_masking.")
+        return model
+    if masking_args.mask_from:
+        if training_args.do_train:
+            raise ValueError("--mask_from loads a finished mask for evaluation; drop --do_train or --mask_from.")
+        return MaskedModel.from_pretrained(masking_args.mask_from, base_model=model)
+    masked = MaskedModel(model, masking_args.to_masking_config(default_seed=training_args.seed))
+    trainable, total = masked.num_trainable_parameters()
+    logger.info(f"Masking {len(masked.targets.modules)} layers: {trainable:,} trainable scores, {total:,} parameters")
+    return masked
+
+
+def callbacks_for(model: nn.Module) -> list:
+    if isinstance(model, MaskedModel):
+        from .callback import MaskingCallback
+
+        return [MaskingCallback()]
+    return []
+
+
+def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) -> None:
+    """With masking: the tiny mask repo plus the tokenizer, not a copy of the base. Else the full model."""
+    model = trainer.model
+    if isinstance(model, MaskedModel):
+        if trainer.args.should_save:
+            model.save_pretrained(trainer.args.output_dir)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(trainer.args.output_dir)
+    else:
+        trainer.save_model()
+
+
+def push_outputs(trainer: Trainer, **card_kwargs: Any) -> None:
+    """`--push_to_hub`: the tiny mask repo with masking, the Trainer's usual upload otherwise."""
+    model = trainer.model
+    if not isinstance(model, MaskedModel):
+        trainer.push_to_hub(**card_kwargs)
+        return
+    if trainer.args.should_save:
+        repo_id = trainer.args.hub_model_id or os.path.basename(os.path.abspath(trainer.args.output_dir))
+        url = model.push_to_hub(repo_id, private=bool(trainer.args.hub_private_repo), token=trainer.args.hub_token)
+        logger.info(f"Pushed the mask to {url}")
+
+
+def report_against_baseline(metrics: dict[str, float], baseline: dict[str, float], prefix: str = "eval") -> None:
+    """Add the majority-class baseline to the metrics and print them side by side."""
+    for name, value in baseline.items():
+        metrics[f"{prefix}_majority_baseline_{name}"] = value
+        if f"{prefix}_{name}" in metrics:
+            print(f"{prefix} {name}: {metrics[f'{prefix}_{name}']:.4f} (majority-class baseline: {value:.4f})")
