@@ -193,20 +193,24 @@ def main():
             raise DataFileError("The data has no text column besides the label.")
     padding = "max_length" if data_args.pad_to_max_length else False
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
-    # GLUE tasks already store label indices; own files may use any label values.
-    convert_labels = label_to_id is not None and data_args.task_name is None
+    if label_to_id is not None and data_args.task_name is None:
+        # Own files may use any label values: replace them by ids (in a new column, since datasets keeps
+        # an overwritten column's type and would turn the ids back into strings).
+        for split in [s for s in raw_datasets if "label" in raw_datasets[s].column_names]:
+            raw_datasets[split] = (
+                raw_datasets[split]
+                .map(lambda batch: {"label_id": [label_to_id[x] for x in batch["label"]]}, batched=True)
+                .remove_columns("label")
+                .rename_column("label_id", "label")
+            )
 
     def preprocess_function(examples):
         texts = (
             (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
         )
-        result = tokenizer(
+        return tokenizer(
             *[[str(t) for t in column] for column in texts], padding=padding, max_length=max_seq_length, truncation=True
         )
-        if "label" in examples:
-            labels = examples["label"]
-            result["label"] = [label_to_id[x] if x is not None else -1 for x in labels] if convert_labels else labels
-        return result
 
     limits = {
         "train": data_args.max_train_samples,
