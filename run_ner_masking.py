@@ -34,7 +34,14 @@ from transformers import (
 from hf_masking.arguments import MaskingArguments
 from hf_masking.data import CONLL_EXTENSIONS, EXTENSIONS, check_file, load_token_files, require_columns
 from hf_masking.metrics import majority_label, seqeval_metrics
-from hf_masking.scripts import callbacks_for, prepare_model, push_outputs, report_against_baseline, save_outputs
+from hf_masking.scripts import (
+    callbacks_for,
+    prepare_model,
+    push_outputs,
+    report_against_baseline,
+    save_outputs,
+    trainable_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +284,7 @@ def main():
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
+        metrics["train_trainable_params"] = trainable_parameters(model)
         save_outputs(trainer, tokenizer)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

@@ -36,6 +36,21 @@ def _build() -> type:
             ),
         ),
     ]
+    specs += [
+        (
+            "lora_r",
+            int | None,
+            field(
+                default=None,
+                metadata={
+                    "help": "Instead of masking, train a PEFT LoRA adapter of this rank on the attention query and "
+                    "value (with a trained head): the parameter-efficient baseline to compare masking with."
+                },
+            ),
+        ),
+        ("lora_alpha", int, field(default=16, metadata={"help": "LoRA scaling numerator (with --lora_r)."})),
+        ("lora_dropout", float, field(default=0.1, metadata={"help": "LoRA dropout (with --lora_r)."})),
+    ]
     for f in fields(MaskingConfig):
         default = f.default if f.default is not MISSING else None
         annotation = f.type

@@ -22,9 +22,11 @@ def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingAr
 
     A mask repo is checked against the base given by --model_name_or_path here, before any work.
     """
+    if masking_args.mask_from and (masking_args.no_masking or masking_args.lora_r):
+        raise ValueError("--mask_from evaluates a mask; it cannot be combined with --no_masking or --lora_r.")
+    if masking_args.lora_r:
+        return _with_lora(model, masking_args)
     if masking_args.no_masking:
-        if masking_args.mask_from:
-            raise ValueError("--mask_from evaluates a mask; it cannot be combined with --no_masking.")
         return model
     if masking_args.mask_from:
         if training_args.do_train:
@@ -36,12 +38,41 @@ def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingAr
     return masked
 
 
+def _with_lora(model: nn.Module, masking_args: Any) -> nn.Module:
+    """PEFT LoRA on the attention query and value projections, the task head trained in full."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [n for n in ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj") if n in names]
+    head = type(model).__name__
+    task_type = TaskType.SEQ_CLS if head.endswith("ForSequenceClassification") else None
+    task_type = TaskType.TOKEN_CLS if head.endswith("ForTokenClassification") else task_type
+    heads = [n for n in ("classifier", "pre_classifier", "score") if n in dict(model.named_children())]
+    config = LoraConfig(
+        r=masking_args.lora_r,
+        lora_alpha=masking_args.lora_alpha,
+        lora_dropout=masking_args.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+        modules_to_save=heads,
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    logger.info(f"LoRA r={masking_args.lora_r} on {targets}, head {heads}: {trainable:,} trainable parameters")
+    return peft_model
+
+
 def callbacks_for(model: nn.Module) -> list:
     if isinstance(model, MaskedModel):
         from .callback import MaskingCallback
 
         return [MaskingCallback()]
     return []
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Parameters the optimizer updates: scores with masking, adapter + head with LoRA, all with finetuning."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) -> None:

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,10 +26,21 @@ def test_two_process_ddp_ends_with_identical_masks_and_unscaled_loss(tmp_path):
         os.path.join(HERE, "ddp_train.py"),
         str(tmp_path),
     ]
-    done = subprocess.run(
-        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240
+    # A session of its own, so a hung rendezvous can be killed with every worker, not just torchrun.
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
+    try:
+        _, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(r["world_size"] == 2 for r in ranks)
     assert ranks[0]["masks_sha256"] == ranks[1]["masks_sha256"]

@@ -298,3 +298,31 @@ def test_swag_counts_endings_from_the_columns(tmp_path, tiny_model, monkeypatch,
     metrics = read_json(out / "eval_results.json")
     assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_majority_baseline_accuracy" in metrics
     assert read_json(out / "masking_config.json")["head_class"] == "BertForMultipleChoice"
+
+
+def test_lora_baseline_in_the_same_script(tmp_path, tiny_model, monkeypatch):
+    rows = sentiment_rows(32)
+    write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    out = tmp_path / "lora"
+    glue(
+        monkeypatch,
+        tiny_model,
+        out,
+        "--task_name",
+        "sst2",
+        "--train_file",
+        str(tmp_path / "train.tsv"),
+        "--validation_file",
+        str(tmp_path / "train.tsv"),
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--lora_r",
+        "4",
+    )
+    files = set(os.listdir(out))
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files and "mask.safetensors" not in files
+    config = read_json(out / "adapter_config.json")
+    assert config["r"] == 4 and set(config["target_modules"]) == {"query", "value"}
+    assert "eval_accuracy" in read_json(out / "eval_results.json")
