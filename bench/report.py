@@ -102,7 +102,7 @@ def accuracy_section(preset: str, table: dict) -> list[str]:
     lines.append(
         "Training subsets: "
         + ", ".join(f"{t} {table[(t, METHODS[0])]['train_samples']}" for t in TASK_ORDER if (t, METHODS[0]) in table)
-        f" examples, {any_row['epochs']} epoch(s); full dev sets (CoNLL/SWAG dev capped as in bench/accuracy.py)."
+        + f" examples, {any_row['epochs']} epoch(s); full dev sets (CoNLL/SWAG dev capped as in bench/accuracy.py)."
     )
     lines += [
         "",
