@@ -11,13 +11,10 @@ ending0..N, label`; the number of endings comes from the columns), or json(l) wi
 """
 
 import logging
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import transformers
 from datasets import load_dataset
 from transformers import (
     AutoConfig,
@@ -29,36 +26,21 @@ from transformers import (
     Trainer,
     TrainingArguments,
     default_data_collator,
-    set_seed,
 )
 
-from hf_masking.arguments import MaskingArguments
+from hf_masking.arguments import MaskingArguments, ModelArguments
 from hf_masking.data import DataFileError, check_file, load_files, require_columns
 from hf_masking.metrics import accuracy, majority_label
 from hf_masking.scripts import (
     callbacks_for,
+    parse_and_set_up,
     prepare_model,
     push_outputs,
     report_against_baseline,
-    save_outputs,
-    trainable_parameters,
+    train_and_save,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    """Which model, config and tokenizer to start from."""
-
-    model_name_or_path: str = field(metadata={"help": "Path to a pretrained model or its id on the Hub."})
-    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to store models downloaded from the Hub."})
-    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
-    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow models defined on the Hub in code."})
 
 
 @dataclass
@@ -80,22 +62,7 @@ class DataTrainingArguments:
 
 def main():
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments, MaskingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args, masking_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, training_args, masking_args = parser.parse_args_into_dataclasses()
-
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("hf_masking").setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logger.info(f"Training/evaluation parameters {training_args}")
-    set_seed(training_args.seed)
+    model_args, data_args, training_args, masking_args = parse_and_set_up(parser, logger)
 
     files = {"train": data_args.train_file, "validation": data_args.validation_file}
     if any(files.values()):
@@ -120,26 +87,18 @@ def main():
 
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
         use_fast=model_args.use_fast_tokenizer,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     model = AutoModelForMultipleChoice.from_pretrained(
         model_args.model_name_or_path,
         config=config,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **model_args.hub_kwargs(),
     )
     model = prepare_model(model, masking_args, training_args)
 
@@ -196,14 +155,7 @@ def main():
     )
 
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        metrics["train_trainable_params"] = trainable_parameters(model)
-        save_outputs(trainer, tokenizer)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        train_and_save(trainer, tokenizer)
 
     if training_args.do_eval:
         logger.info("*** Evaluate ***")

@@ -7,7 +7,7 @@ keep in sync. Flags are prefixed ``mask_`` (``--mask_initial_sparsity 0.05``) be
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field, fields, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any
 
 from .config import MaskingConfig
@@ -69,3 +69,29 @@ def _build() -> type:
 
 
 MaskingArguments = _build()
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer the example scripts start from (the originals' flags)."""
+
+    model_name_or_path: str = field(metadata={"help": "Path to a pretrained model or its id on the Hub."})
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store models downloaded from the Hub."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow models defined on the Hub in code."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Allow a checkpoint whose head has another number of labels."}
+    )
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments every ``from_pretrained`` call of a script shares."""
+        return {
+            "cache_dir": self.cache_dir,
+            "revision": self.model_revision,
+            "token": self.token,
+            "trust_remote_code": self.trust_remote_code,
+        }

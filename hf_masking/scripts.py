@@ -7,14 +7,49 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
+import transformers
 from torch import nn
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import HfArgumentParser, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
 from .model import MaskedModel
 
 logger = logging.getLogger(__name__)
+
+
+def parse_and_set_up(parser: HfArgumentParser, script_logger: logging.Logger) -> tuple:
+    """Parse flags (or one .json file of them), set up logging as the originals do, and seed."""
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    else:
+        parsed = parser.parse_args_into_dataclasses()
+    training_args = next(a for a in parsed if isinstance(a, TrainingArguments))
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    for name in (script_logger.name, "hf_masking"):
+        logging.getLogger(name).setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    script_logger.info(f"Training/evaluation parameters {training_args}")
+    set_seed(training_args.seed)
+    return tuple(parsed)
+
+
+def train_and_save(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) -> None:
+    """Train (resuming if asked), save the mask repo or model, and write the train metrics and state."""
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    metrics = result.metrics
+    metrics["train_samples"] = len(trainer.train_dataset)
+    metrics["train_trainable_params"] = trainable_parameters(trainer.model)
+    save_outputs(trainer, tokenizer)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
 
 
 def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingArguments) -> nn.Module:
