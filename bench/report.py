@@ -116,21 +116,21 @@ def accuracy_section(preset: str, table: dict) -> list[str]:
         cells = []
         for method in METHODS:
             row = table.get((task, method))
-            cells.append(f"{row['mean']:.1f} ± {row['std']:.1f} (lr {row['lr']:g})" if row else "—")
-        gap = (
-            table[(task, "masking")]["mean"] - table[(task, "finetuning")]["mean"]
-            if (task, "finetuning") in table
-            else None
-        )
-        if gap is not None:
+            if row is None:
+                cells.append("—")
+                continue
+            border = " †" if row["lr"] in (row["grid"][0], row["grid"][-1]) and len(row["grid"]) > 1 else ""
+            cells.append(f"{row['mean']:.1f} ± {row['std']:.1f} (lr {row['lr']:g}{border})")
+        gap = None
+        if (task, "finetuning") in table:
+            gap = table[(task, "masking")]["mean"] - table[(task, "finetuning")]["mean"]
             gaps.append(gap)
+        first = table[(task, "masking")]
+        gap_cell = f"{gap:+.1f}" if gap is not None else "—"
         lines.append(
-            f"| {task} | {table[(task, 'masking')]['metric']} | {table[(task, 'masking')]['baseline']:.1f} | "
-            + " | ".join(cells)
-            + f" | {gap:+.1f} |"
-            if gap is not None
-            else " | — |"
+            f"| {task} | {first['metric']} | {first['baseline']:.1f} | " + " | ".join(cells) + f" | {gap_cell} |"
         )
+    lines += ["", "† best learning rate still on the border of its grid after the preset's extensions ran out."]
     if gaps:
         lines += [
             "",
