@@ -320,9 +320,9 @@ class MaskedModel(nn.Module):
         modules = self.masked_modules()
         for module in modules.values():
             module.set_fixed_mask(None)  # original weights back before the head changes
+        own = self._head_tensors()  # one walk over the model's tensors per switch
         if self._active == TRAINABLE_MASK:
-            self._trainable_head = {n: t.detach().clone() for n, t in self._head_tensors().items()}
-        own = self._head_tensors()
+            self._trainable_head = {n: t.detach().clone() for n, t in own.items()}
         with torch.no_grad():
             for tensor_name, value in (self._trainable_head or {} if trainable else stored.head).items():
                 own[tensor_name].copy_(value)
