@@ -23,6 +23,14 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RESULTS = os.path.join(ROOT, "bench", "results")
 METHODS = ("masking", "finetuning", "lora")
 TASK_ORDER = ("sst2", "mrpc", "conll2003", "swag")
+PRESET_TITLES = {
+    "cpu": "Preset `cpu` (this machine, 2 CPU cores)",
+    "gpu": "Preset `gpu`",
+    "cpu_v1": (
+        "Earlier, smaller cpu preset (`bench/results/cpu_v1.jsonl`, superseded): MRPC on 800 pairs, where "
+        "every method stayed at the all-positive majority; one grid extension, so † rates stayed on the border"
+    ),
+}
 
 
 def load_accuracy(preset: str) -> list[dict]:
@@ -57,6 +65,8 @@ def summarize(records: list[dict]) -> dict:
             "step": statistics.mean(r["step_time_s"] for r in final),
             "rss": statistics.mean(r["peak_rss_mb"] for r in final),
             "train_samples": final[0]["train_samples"],
+            "eval_samples": final[0]["eval_samples"],
+            "batch": final[0].get("setup", {}).get("batch", 16),
             "epochs": final[0]["epochs"],
         }
     return table
@@ -80,6 +90,30 @@ def accuracy_plot(table: dict, path: str) -> None:
     plt.close(fig)
 
 
+def learning_rate_plot(records: list[dict], path: str) -> None:
+    """Dev metric against learning rate on the search seed: shows where each grid peaked."""
+    tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in records)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    first_seed = min(r["seed"] for r in records)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for method in METHODS:
+            runs = sorted(
+                (r["learning_rate"], 100 * r["value"])
+                for r in records
+                if r["task"] == task and r["method"] == method and r["seed"] == first_seed
+            )
+            if runs:
+                ax.plot(*zip(*runs, strict=True), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(task)
+    axes[0][0].set_ylabel(f"dev metric (%), seed {first_seed}")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def storage_plot(storage: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(storage), figsize=(5 * len(storage), 4))
     axes = axes if len(storage) > 1 else [axes]
@@ -96,13 +130,17 @@ def storage_plot(storage: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def accuracy_section(preset: str, table: dict) -> list[str]:
-    lines = [f"### Preset `{preset}`", ""]
+def accuracy_section(title: str, table: dict) -> list[str]:
+    lines = [f"### {title}", ""]
     any_row = next(iter(table.values()))
+    sizes = ", ".join(
+        f"{t} {table[(t, METHODS[0])]['train_samples']}/{table[(t, METHODS[0])]['eval_samples']}"
+        for t in TASK_ORDER
+        if (t, METHODS[0]) in table
+    )
     lines.append(
-        "Training subsets: "
-        + ", ".join(f"{t} {table[(t, METHODS[0])]['train_samples']}" for t in TASK_ORDER if (t, METHODS[0]) in table)
-        + f" examples, {any_row['epochs']} epoch(s); full dev sets (CoNLL/SWAG dev capped as in bench/accuracy.py)."
+        f"Train/dev examples: {sizes}; {any_row['epochs']} epoch(s), batch {any_row['batch']}. "
+        "Mean ± std over the seeds at the learning rate picked on the first seed."
     )
     lines += [
         "",
@@ -130,12 +168,10 @@ def accuracy_section(preset: str, table: dict) -> list[str]:
         lines.append(
             f"| {task} | {first['metric']} | {first['baseline']:.1f} | " + " | ".join(cells) + f" | {gap_cell} |"
         )
-    lines += ["", "† best learning rate still on the border of its grid after the preset's extensions ran out."]
+    if any(" †" in line for line in lines):
+        lines += ["", "† best learning rate still on the border of its grid after the preset's extensions ran out."]
     if gaps:
-        lines += [
-            "",
-            f"Average masking − finetuning gap: **{statistics.mean(gaps):+.2f} points** (worst task {min(gaps):+.1f}).",
-        ]
+        lines += ["", *bar_lines(table, gaps)]
     lines += [
         "",
         "| task | method | trainable params | bytes stored per task | train step (s) | peak RSS (MB) "
@@ -152,6 +188,31 @@ def accuracy_section(preset: str, table: dict) -> list[str]:
                     f"{row['rss']:.0f} | {grid} |"
                 )
     return lines
+
+
+def bar_lines(table: dict, gaps: list[float]) -> list[str]:
+    """The issue's bar: average gap within 0.5 points, no task worse than -1.5, <= 1/100 of the bytes."""
+    average, worst = statistics.mean(gaps), min(gaps)
+    ratios = [
+        table[(t, "finetuning")]["bytes"] / table[(t, "masking")]["bytes"]
+        for t in TASK_ORDER
+        if (t, "masking") in table and (t, "finetuning") in table
+    ]
+    mask_mb = statistics.mean(table[(t, "masking")]["bytes"] for t in TASK_ORDER if (t, "masking") in table) / 1e6
+    checks = [
+        (f"average masking − finetuning gap **{average:+.2f} points**", average >= -0.5),
+        (f"worst task **{worst:+.1f}**", worst >= -1.5),
+        (
+            f"masking stores **1/{min(ratios):.0f}** of finetuning's bytes per task or less "
+            f"({mask_mb:.2f} MB per mask repo)",
+            min(ratios) >= 100,
+        ),
+    ]
+    return [
+        "Bar (average gap ≥ −0.5, no task below −1.5, ≤ 1/100 of finetuning's bytes): "
+        + "; ".join(f"{text} {'(met)' if ok else '(not met)'}" for text, ok in checks)
+        + "."
+    ]
 
 
 def storage_section(storage: list[dict]) -> list[str]:
@@ -187,16 +248,23 @@ def main() -> None:
         "Command: `python bench/accuracy.py --preset cpu` (then `python bench/report.py`). Model: all-MiniLM-L6-v2 "
         "(6 blocks; masking uses the paper's defaults: blocks 2–5, pooler and classifier, 5% initial sparsity). "
         "LoRA: PEFT, r = 8 on query/value, head trained. Learning rate picked on dev with seed 0 from a grid "
-        "extended past a border winner, then rerun with seed 1; the table shows mean ± std over the seeds.",
+        "extended past a border winner (factors of 2), then rerun with the other seeds; the tables show mean ± std "
+        "over the seeds. Batches are padded per batch and, except SWAG, grouped by length: this changes speed, not "
+        "results. The dev-metric-vs-learning-rate plot shows each search.",
         "",
     ]
-    for preset in ("cpu", "gpu"):
-        table = summarize(load_accuracy(preset))
-        if table:
-            out += accuracy_section(preset, table) + [""]
-            plot = f"bench/results/accuracy_{preset}.png"
-            accuracy_plot(table, os.path.join(ROOT, plot))
-            out += [f"![accuracy per task and method]({plot})", ""]
+    for preset, title in PRESET_TITLES.items():
+        records = load_accuracy(preset)
+        if not records:
+            continue
+        table = summarize(records)
+        out += accuracy_section(title, table) + [""]
+        if preset.endswith("_v1"):
+            continue
+        plot, lr_plot = f"bench/results/accuracy_{preset}.png", f"bench/results/learning_rate_{preset}.png"
+        accuracy_plot(table, os.path.join(ROOT, plot))
+        learning_rate_plot(records, os.path.join(ROOT, lr_plot))
+        out += [f"![accuracy per task and method]({plot})", "", f"![dev metric vs learning rate]({lr_plot})", ""]
     storage_path = os.path.join(RESULTS, "storage.json")
     if os.path.exists(storage_path):
         with open(storage_path) as handle:
