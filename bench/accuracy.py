@@ -254,6 +254,16 @@ def search(task: str, method: str, preset: dict, run) -> None:
         run(task, method, best, seed)
 
 
+def recorded(records: list[dict], task: str, method: str, lr: float, seed: int, setup: dict) -> dict | None:
+    """The earlier record of this exact run, if any: same task, method, seed, learning rate and setup."""
+    for record in records:
+        if (record["task"], record["method"], record["seed"]) == (task, method, seed) and (
+            math.isclose(record["learning_rate"], lr) and record.get("setup") == setup
+        ):
+            return record
+    return None
+
+
 def load_records(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -280,12 +290,9 @@ def main() -> None:
 
     def run(task: str, method: str, lr: float, seed: int) -> dict:
         """A run already recorded with the same setup is reused, so an interrupted preset picks up where it was."""
-        setup = setup_of(task, method, preset)
-        for record in done:
-            if (record["task"], record["method"], record["seed"]) == (task, method, seed) and (
-                math.isclose(record["learning_rate"], lr) and record.get("setup") == setup
-            ):
-                return record
+        record = recorded(done, task, method, lr, seed, setup_of(task, method, preset))
+        if record is not None:
+            return record
         record = run_once(task, method, lr, seed, preset, args.preset, model)
         with open(path, "a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,105 @@
+"""The accuracy benchmark's search and report logic, on synthetic scores (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+accuracy = load("accuracy")
+
+
+def peaked_at(best_lr: float):
+    """A fake run whose dev score is highest at best_lr and falls off with log distance."""
+    calls = []
+
+    def run(task: str, method: str, lr: float, seed: int) -> dict:
+        calls.append((lr, seed))
+        return {"value": 1.0 - abs(math.log2(lr / best_lr)) / 10, "learning_rate": lr, "seed": seed}
+
+    return run, calls
+
+
+def test_search_extends_the_grid_until_the_best_rate_is_interior():
+    preset = dict(accuracy.PRESETS["cpu"], seeds=[0, 1], max_extensions=3)
+    centre = accuracy.CENTRES["sst2"]["masking"]
+    run, calls = peaked_at(centre * 8)  # two doublings past the starting grid's top
+    accuracy.search("sst2", "masking", preset, run)
+    seed0 = sorted(lr for lr, seed in calls if seed == 0)
+    assert seed0 == pytest.approx([centre / 2, centre, centre * 2, centre * 4, centre * 8, centre * 16])
+    best = max(seed0, key=lambda lr: -abs(math.log2(lr / (centre * 8))))
+    assert seed0[0] < best < seed0[-1]
+    assert [(lr, seed) for lr, seed in calls if seed == 1] == [(pytest.approx(centre * 8), 1)]
+
+
+def test_search_extends_downwards_and_stops_after_max_extensions():
+    preset = dict(accuracy.PRESETS["cpu"], seeds=[0, 1], max_extensions=2)
+    centre = accuracy.CENTRES["conll2003"]["lora"]
+    run, calls = peaked_at(centre / 1000)
+    accuracy.search("conll2003", "lora", preset, run)
+    seed0 = sorted(lr for lr, seed in calls if seed == 0)
+    assert seed0 == pytest.approx([centre / 8, centre / 4, centre / 2, centre, centre * 2])
+    assert [seed for _, seed in calls].count(1) == 1
+
+
+def test_recorded_runs_are_reused_only_for_the_same_setup():
+    setup = accuracy.setup_of("mrpc", "lora", accuracy.PRESETS["cpu"])
+    record = {"task": "mrpc", "method": "lora", "seed": 0, "learning_rate": 0.001, "setup": setup}
+    assert accuracy.recorded([record], "mrpc", "lora", 1e-3, 0, setup) is record
+    assert accuracy.recorded([record], "mrpc", "lora", 2e-3, 0, setup) is None
+    assert accuracy.recorded([record], "mrpc", "lora", 1e-3, 1, setup) is None
+    other = accuracy.setup_of("mrpc", "lora", accuracy.PRESETS["gpu"])
+    assert accuracy.recorded([record], "mrpc", "lora", 1e-3, 0, other) is None
+    assert "group_by_length" in setup["args"] and "--lora_r" in setup["args"]
+
+
+def fake_record(task, method, lr, seed, value, nbytes):
+    return {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "learning_rate": lr,
+        "metric": "accuracy",
+        "value": value,
+        "majority_baseline": 0.5,
+        "trainable_params": 10,
+        "bytes_stored": nbytes,
+        "step_time_s": 0.1,
+        "peak_rss_mb": 100.0,
+        "train_samples": 100,
+        "eval_samples": 50,
+        "epochs": 1,
+    }
+
+
+def test_report_picks_the_first_seeds_best_rate_and_checks_the_bar():
+    report = load("report")
+    records = [
+        fake_record("sst2", "masking", 1e-3, 0, 0.70, 300_000),
+        fake_record("sst2", "masking", 2e-3, 0, 0.80, 300_000),
+        fake_record("sst2", "masking", 4e-3, 0, 0.75, 300_000),
+        fake_record("sst2", "masking", 2e-3, 1, 0.78, 300_000),
+        fake_record("sst2", "finetuning", 1e-4, 0, 0.82, 90_000_000),
+        fake_record("sst2", "finetuning", 1e-4, 1, 0.80, 90_000_000),
+    ]
+    table = report.summarize(records)
+    masking = table[("sst2", "masking")]
+    assert masking["lr"] == 2e-3 and masking["grid"] == [1e-3, 2e-3, 4e-3]
+    assert masking["mean"] == pytest.approx(79.0) and masking["seeds"] == 2
+    gap = masking["mean"] - table[("sst2", "finetuning")]["mean"]
+    (line,) = report.bar_lines(table, [gap])
+    assert "-2.00 points** (not met)" in line and "1/300" in line and "(met)" in line
+    section = "\n".join(report.accuracy_section("cpu", table))
+    assert "79.0 ± 1.4 (lr 0.002)" in section and "†" not in section
