@@ -47,6 +47,7 @@ def summarize(records: list[dict]) -> dict:
     for r in records:
         grouped[(r["task"], r["method"])].append(r)
     table = {}
+    minutes = sum(r["wall_s"] for r in records) / 60
     for (task, method), runs in grouped.items():
         seed0 = [r for r in runs if r["seed"] == min(x["seed"] for x in runs)]
         best_lr = max(seed0, key=lambda r: r["value"])["learning_rate"]
@@ -67,6 +68,8 @@ def summarize(records: list[dict]) -> dict:
             "train_samples": final[0]["train_samples"],
             "eval_samples": final[0]["eval_samples"],
             "batch": final[0].get("setup", {}).get("batch", 16),
+            "runs": len(records),
+            "minutes": minutes,
             "epochs": final[0]["epochs"],
         }
     return table
@@ -140,7 +143,8 @@ def accuracy_section(title: str, table: dict) -> list[str]:
     )
     lines.append(
         f"Train/dev examples: {sizes}; {any_row['epochs']} epoch(s), batch {any_row['batch']}. "
-        "Mean ± std over the seeds at the learning rate picked on the first seed."
+        "Mean ± std over the seeds at the learning rate picked on the first seed. "
+        f"{any_row['runs']} runs took {any_row['minutes']:.0f} min of wall time in all."
     )
     lines += [
         "",

@@ -81,6 +81,7 @@ def fake_record(task, method, lr, seed, value, nbytes):
         "train_samples": 100,
         "eval_samples": 50,
         "epochs": 1,
+        "wall_s": 30.0,
     }
 
 
@@ -103,3 +104,4 @@ def test_report_picks_the_first_seeds_best_rate_and_checks_the_bar():
     assert "-2.00 points** (not met)" in line and "1/300" in line and "(met)" in line
     section = "\n".join(report.accuracy_section("cpu", table))
     assert "79.0 ± 1.4 (lr 0.002)" in section and "†" not in section
+    assert "6 runs took 3 min" in section
