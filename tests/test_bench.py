@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 
@@ -105,3 +106,17 @@ def test_report_picks_the_first_seeds_best_rate_and_checks_the_bar():
     section = "\n".join(report.accuracy_section("cpu", table))
     assert "79.0 ± 1.4 (lr 0.002)" in section and "†" not in section
     assert "6 runs took 3 min" in section
+
+
+def test_supplementary_preset_reruns_the_picked_rate_on_every_seed(tmp_path, monkeypatch):
+    searched = [
+        {"task": "mrpc", "method": "masking", "seed": 0, "learning_rate": lr, "value": value}
+        for lr, value in ((4e-3, 0.81), (8e-3, 0.83), (1.6e-2, 0.82))
+    ] + [{"task": "mrpc", "method": "masking", "seed": 1, "learning_rate": 4e-3, "value": 0.99}]
+    (tmp_path / "cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in searched))
+    monkeypatch.setattr(accuracy, "RESULTS", str(tmp_path))
+    run, calls = peaked_at(1.0)
+    accuracy.search("mrpc", "masking", accuracy.PRESETS["cpu_mrpc_3_epochs"], run)
+    assert calls == [(8e-3, 0), (8e-3, 1)]
+    with pytest.raises(SystemExit, match="finetuning"):
+        accuracy.search("mrpc", "finetuning", accuracy.PRESETS["cpu_mrpc_3_epochs"], run)
