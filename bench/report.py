@@ -170,15 +170,18 @@ def accuracy_section(title: str, table: dict) -> list[str]:
                 continue
             border = " †" if row["lr"] in (row["grid"][0], row["grid"][-1]) and len(row["grid"]) > 1 else ""
             cells.append(f"{row['mean']:.1f} ± {row['std']:.1f} (lr {row['lr']:g}{border})")
-        gap = None
+        first, gap_cell = table[(task, "masking")], "—"
         if (task, "finetuning") in table:
-            gap = table[(task, "masking")]["mean"] - table[(task, "finetuning")]["mean"]
+            other = table[(task, "finetuning")]
+            gap = first["mean"] - other["mean"]
             gaps.append(gap)
-        first = table[(task, "masking")]
-        gap_cell = f"{gap:+.1f}" if gap is not None else "—"
+            # Standard error of a difference of two means: how much of the gap seed noise alone explains.
+            error = (first["std"] ** 2 / first["seeds"] + other["std"] ** 2 / other["seeds"]) ** 0.5
+            gap_cell = f"{gap:+.1f} ± {error:.1f}"
         lines.append(
             f"| {task} | {first['metric']} | {first['baseline']:.1f} | " + " | ".join(cells) + f" | {gap_cell} |"
         )
+    lines += ["", "The gap's ± is the standard error of the difference of the two means over seeds."]
     if any(" †" in line for line in lines):
         lines += ["", "† best learning rate still on the border of its grid after the preset's extensions ran out."]
     if len(gaps) == len(TASK_ORDER):

@@ -106,6 +106,7 @@ def test_report_picks_the_first_seeds_best_rate_and_checks_the_bar():
     section = "\n".join(report.accuracy_section("cpu", table))
     assert "79.0 ± 1.4 (lr 0.002)" in section and "†" not in section
     assert "6 runs took 3 min" in section
+    assert "| -2.0 ± 1.4 |" in section  # standard error of the difference: sqrt(2/2 + 2/2)
 
 
 def test_supplementary_preset_reruns_the_picked_rate_on_every_seed(tmp_path, monkeypatch):
