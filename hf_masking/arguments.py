@@ -54,7 +54,7 @@ def _build() -> type:
     for f in fields(MaskingConfig):
         default = f.default if f.default is not MISSING else None
         annotation = f.type
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
         if f.name == "seed":  # follows --seed unless given
             annotation, default = "int | None", None
             help_text += " Default: the training --seed."

@@ -326,3 +326,12 @@ def test_lora_baseline_in_the_same_script(tmp_path, tiny_model, monkeypatch):
     config = read_json(out / "adapter_config.json")
     assert config["r"] == 4 and set(config["target_modules"]) == {"query", "value"}
     assert "eval_accuracy" in read_json(out / "eval_results.json")
+
+
+@pytest.mark.parametrize("script", ["run_glue_masking.py", "run_ner_masking.py", "run_swag_masking.py"])
+def test_help_lists_the_masking_flags(script, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_script(script, ["--help"], monkeypatch)
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    assert "--mask_initial_sparsity" in text and "(paper: 5%)" in text and "--no_masking" in text
