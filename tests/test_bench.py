@@ -109,6 +109,25 @@ def test_report_picks_the_first_seeds_best_rate_and_checks_the_bar():
     assert "| -2.0 ± 1.4 |" in section  # standard error of the difference: sqrt(2/2 + 2/2)
 
 
+def test_report_shows_no_spread_for_a_single_seed():
+    report = load("report")
+    records = [
+        fake_record("mrpc", "masking", 8e-3, 0, 0.821, 300_000),
+        fake_record("mrpc", "finetuning", 2.4e-4, 0, 0.825, 90_000_000),
+    ]
+    section = "\n".join(report.accuracy_section("one seed", report.summarize(records)))
+    assert "| 82.1 (lr 0.008) |" in section and "| -0.4 |" in section
+    assert "± 0.0" not in section
+
+
+def test_random_batches_preset_drops_only_the_length_grouping():
+    grouped = accuracy.speed_args("mrpc", accuracy.PRESETS["cpu"])
+    random = accuracy.speed_args("mrpc", accuracy.PRESETS["cpu_mrpc_random_batches"])
+    assert "group_by_length" in grouped and "group_by_length" not in random
+    assert random == ["--pad_to_max_length", "false"]
+    assert "group_by_length" not in accuracy.speed_args("swag", accuracy.PRESETS["cpu"])
+
+
 def test_supplementary_preset_reruns_the_picked_rate_on_every_seed(tmp_path, monkeypatch):
     searched = [
         {"task": "mrpc", "method": "masking", "seed": 0, "learning_rate": lr, "value": value}
