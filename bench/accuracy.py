@@ -3,7 +3,7 @@
 For each task (SST-2, MRPC, CoNLL-2003, SWAG from ../shared/data) and method, the learning rate is
 picked on dev (seed 0) from a grid that is extended while the best value sits on its border (paper
 §4); the best rate is then run with the other seeds. Every run is one record in
-bench/results/<preset>.jsonl; `python bench/report.py` turns them into BENCHMARKS.md and plots.
+bench/results/<preset>.json; `python bench/report.py` turns them into BENCHMARKS.md and plots.
 
     python bench/accuracy.py --preset cpu      # <= ~60 min on a 2-core CPU
     python bench/accuracy.py --preset gpu      # larger subsets and more epochs, for a GPU
@@ -99,7 +99,7 @@ def speed_args(task: str, preset: dict) -> list[str]:
 
 
 # Where each search starts: the grid is centre x {1/2, 1, 2} and grows by factors of 2 past a border
-# winner. Centres are the winners of the first cpu-preset run (bench/results/cpu_v1.jsonl); small models
+# winner. Centres are the winners of the first cpu-preset run (bench/results/cpu_v1.json); small models
 # want larger masking rates than BERT-base (paper Table 4: 1e-4..1e-3), as the issue measured.
 CENTRES = {
     "sst2": {"masking": 4e-3, "finetuning": 1.2e-4, "lora": 4e-3},
@@ -280,7 +280,7 @@ def search(task: str, method: str, preset: dict, run) -> None:
     """Grid on the first seed, extended past a border winner, then the best rate on the remaining seeds."""
     if "learning_rates_from" in preset:
         lr = picked_learning_rate(
-            load_records(os.path.join(RESULTS, f"{preset['learning_rates_from']}.jsonl")), task, method
+            load_records(os.path.join(RESULTS, f"{preset['learning_rates_from']}.json")), task, method
         )
         for seed in preset["seeds"]:
             run(task, method, lr, seed)
@@ -313,10 +313,19 @@ def recorded(records: list[dict], task: str, method: str, lr: float, seed: int, 
 
 
 def load_records(path: str) -> list[dict]:
+    """A preset's records: a JSON list, one record per task x method x seed x learning rate."""
     if not os.path.exists(path):
         return []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        return json.load(handle)
+
+
+def save_records(path: str, records: list[dict]) -> None:
+    """Rewrite the whole list atomically, so an interrupted benchmark never leaves a half-written file."""
+    body = "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n"
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp", delete=False) as handle:
+        handle.write(body)
+    os.replace(handle.name, path)
 
 
 def main() -> None:
@@ -325,7 +334,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help="default: all the preset covers")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="default: all the preset covers")
     parser.add_argument(
-        "--fresh", action="store_true", help="rerun everything (the old records move to <preset>.jsonl.old)"
+        "--fresh", action="store_true", help="rerun everything (the old records move to <preset>.json.old)"
     )
     args = parser.parse_args()
     if not os.path.isdir(DATA):
@@ -333,7 +342,7 @@ def main() -> None:
     preset = PRESETS[args.preset]
     model = minilm_path()
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"{args.preset}.jsonl")
+    path = os.path.join(RESULTS, f"{args.preset}.json")
     done = [] if args.fresh else load_records(path)
 
     def run(task: str, method: str, lr: float, seed: int) -> dict:
@@ -342,9 +351,8 @@ def main() -> None:
         if record is not None:
             return record
         record = run_once(task, method, lr, seed, preset, args.preset, model)
-        with open(path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
         done.append(record)
+        save_records(path, done)
         print(
             f"{record['task']:10s} {record['method']:10s} lr={record['learning_rate']:<8g} seed={record['seed']} "
             f"{record['metric']}={record['value']:.4f} step={record['step_time_s']:.2f}s "

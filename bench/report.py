@@ -2,7 +2,7 @@
 
     python bench/report.py
 
-Reads bench/results/<preset>.jsonl (bench/accuracy.py), bench/results/storage.json
+Reads bench/results/<preset>.json (bench/accuracy.py), bench/results/storage.json
 (bench/storage.py) and bench/results/*.log (the printed output of the other benchmarks).
 """
 
@@ -36,18 +36,18 @@ PRESET_TITLES = {
     ),
     "gpu": "Preset `gpu`",
     "cpu_v1": (
-        "Earlier, smaller cpu preset (`bench/results/cpu_v1.jsonl`, superseded): MRPC on 800 pairs, where "
+        "Earlier, smaller cpu preset (`bench/results/cpu_v1.json`, superseded): MRPC on 800 pairs, where "
         "every method stayed at the all-positive majority; one grid extension, so † rates stayed on the border"
     ),
 }
 
 
 def load_accuracy(preset: str) -> list[dict]:
-    path = os.path.join(RESULTS, f"{preset}.jsonl")
+    path = os.path.join(RESULTS, f"{preset}.json")
     if not os.path.exists(path):
         return []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        return json.load(handle)
 
 
 def summarize(records: list[dict]) -> dict:

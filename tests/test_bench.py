@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 
@@ -133,10 +132,21 @@ def test_supplementary_preset_reruns_the_picked_rate_on_every_seed(tmp_path, mon
         {"task": "mrpc", "method": "masking", "seed": 0, "learning_rate": lr, "value": value}
         for lr, value in ((4e-3, 0.81), (8e-3, 0.83), (1.6e-2, 0.82))
     ] + [{"task": "mrpc", "method": "masking", "seed": 1, "learning_rate": 4e-3, "value": 0.99}]
-    (tmp_path / "cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in searched))
+    accuracy.save_records(str(tmp_path / "cpu.json"), searched)
     monkeypatch.setattr(accuracy, "RESULTS", str(tmp_path))
     run, calls = peaked_at(1.0)
     accuracy.search("mrpc", "masking", accuracy.PRESETS["cpu_mrpc_3_epochs"], run)
     assert calls == [(8e-3, 0), (8e-3, 1)]
     with pytest.raises(SystemExit, match="finetuning"):
         accuracy.search("mrpc", "finetuning", accuracy.PRESETS["cpu_mrpc_3_epochs"], run)
+
+
+def test_records_file_is_a_json_list_and_a_failed_save_keeps_the_old_one(tmp_path):
+    path = str(tmp_path / "cpu.json")
+    first = [{"task": "sst2", "method": "masking", "seed": 0, "learning_rate": 4e-3, "value": 0.8}]
+    accuracy.save_records(path, first)
+    assert accuracy.load_records(path) == first
+    with pytest.raises(TypeError):
+        accuracy.save_records(path, first + [{"task": "sst2", "value": object()}])
+    assert accuracy.load_records(path) == first
+    assert os.listdir(tmp_path) == ["cpu.json"]
