@@ -237,7 +237,7 @@ def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_
         with open(os.path.join(out, "trainer_state.json")) as handle:
             steps = json.load(handle)["global_step"]
         with open(peak_file) as handle:
-            peak = json.load(handle)["peak_rss_mb"]
+            peak = json.load(handle)
         metric = spec["metric"]
         return {
             "task": task,
@@ -250,7 +250,9 @@ def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_
             "trainable_params": results["train_trainable_params"],
             "bytes_stored": artifact_bytes(out, method),
             "step_time_s": results["train_runtime"] / max(steps, 1),
-            "peak_rss_mb": peak,
+            "peak_rss_mb": peak["peak_rss_mb"],
+            "peak_gpu_mb": peak["peak_gpu_mb"],
+            "device": peak["device"],
             "train_samples": results["train_samples"],
             "eval_samples": results["eval_samples"],
             "epochs": preset["epochs"],

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -117,6 +120,32 @@ def test_report_shows_no_spread_for_a_single_seed():
     section = "\n".join(report.accuracy_section("one seed", report.summarize(records)))
     assert "| 82.1 (lr 0.008) |" in section and "| -0.4 |" in section
     assert "± 0.0" not in section
+
+
+def test_report_names_the_device_and_shows_gpu_memory_only_for_gpu_runs():
+    report = load("report")
+    cpu = [fake_record("sst2", "masking", 2e-3, 0, 0.8, 300_000)]
+    section = "\n".join(report.accuracy_section("cpu", report.summarize(cpu)))
+    assert "Device: unrecorded." in section and "GPU memory" not in section
+    gpu = [dict(cpu[0], device="NVIDIA H100, 16 CPU cores", peak_gpu_mb=2048.0)]
+    section = "\n".join(report.accuracy_section("gpu", report.summarize(gpu)))
+    assert "Device: NVIDIA H100, 16 CPU cores." in section
+    assert "peak GPU memory (MB) |" in section and "| 100 | 2048 | 0.002 |" in section
+
+
+def test_peak_memory_wrapper_records_rss_and_no_gpu_for_a_cpu_run(tmp_path):
+    script = tmp_path / "work.py"
+    script.write_text("import sys\nimport torch\nx = torch.ones(4_000_000)\nprint(sys.argv[1:])\n")
+    out = tmp_path / "peak.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "peak_rss.py"), str(out), str(script), "--flag", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "['--flag', '1']" in done.stdout
+    peak = json.loads(out.read_text())
+    assert peak["peak_rss_mb"] > 16 and peak["peak_gpu_mb"] is None and "no GPU" in peak["device"]
 
 
 def test_random_batches_preset_drops_only_the_length_grouping():
