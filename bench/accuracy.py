@@ -8,6 +8,8 @@ bench/results/<preset>.json; `python bench/report.py` turns them into BENCHMARKS
     python bench/accuracy.py --preset cpu      # <= ~60 min on a 2-core CPU
     python bench/accuracy.py --preset gpu      # larger subsets and more epochs, for a GPU
     python bench/accuracy.py --preset cpu_mrpc_3_epochs   # MRPC trained 3x longer at the cpu preset's rates
+    python bench/accuracy.py --preset cpu_mrpc_random_batches      # MRPC without grouping batches by length
+    python bench/accuracy.py --preset cpu_sst2_masking_ablation    # initial sparsity and masked blocks
 """
 
 from __future__ import annotations
@@ -107,6 +109,15 @@ CENTRES = {
     "conll2003": {"masking": 8e-3, "finetuning": 2.4e-4, "lora": 4e-3},
     "swag": {"masking": 4e-3, "finetuning": 2.4e-4, "lora": 4e-3},
 }
+# Masking setups besides the paper defaults, for the ablation preset: the variant name goes into each record.
+MASKING_VARIANTS = {
+    "paper defaults: blocks 2-5, 5% initial sparsity": [],
+    "initial sparsity 1%": ["--mask_initial_sparsity", "0.01"],
+    "initial sparsity 15%": ["--mask_initial_sparsity", "0.15"],
+    "blocks 0-5 (all)": ["--mask_layers", "0", "1", "2", "3", "4", "5"],
+    "blocks 0-3 (bottom four)": ["--mask_layers", "0", "1", "2", "3"],
+    "blocks 4-5 (top two)": ["--mask_layers", "4", "5"],
+}
 PRESETS = {
     # Sized so the whole cpu preset (4 tasks x 3 methods x (grid + seeds)) fits in about an hour on 2 cores.
     # MRPC trains on all of its 3668 pairs: with fewer (800, 2000) every method stayed at the all-positive
@@ -144,6 +155,19 @@ PRESETS = {
         "tasks": ["mrpc"],
         "methods": ["masking", "finetuning"],
     },
+    # Supplementary: paper §5.1 and §5.2 on MiniLM. SST-2 (the cheapest task) at the cpu preset's picked
+    # masking rate, with other initial sparsities and other masked blocks; defaults rerun for comparison.
+    "cpu_sst2_masking_ablation": {
+        "train": {"sst2": 2000},
+        "eval": {"sst2": 872},
+        "epochs": 1,
+        "batch": 16,
+        "seeds": [0, 1, 2],
+        "learning_rates_from": "cpu",
+        "tasks": ["sst2"],
+        "methods": ["masking"],
+        "variants": MASKING_VARIANTS,
+    },
     "gpu": {
         "train": {"sst2": 67349, "mrpc": 3668, "conll2003": 14041, "swag": 8968},
         "eval": {"sst2": 872, "mrpc": 408, "conll2003": 3250, "swag": 1032},
@@ -162,7 +186,7 @@ def setup_of(task: str, method: str, preset: dict) -> dict:
         "eval_samples": preset["eval"][task],
         "epochs": preset["epochs"],
         "batch": preset["batch"],
-        "args": TASKS[task]["args"] + speed_args(task, preset) + METHODS[method],
+        "args": TASKS[task]["args"] + speed_args(task, preset) + METHODS[method] + preset.get("extra_args", []),
     }
 
 
@@ -190,7 +214,8 @@ def artifact_bytes(folder: str, method: str) -> int:
 def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_name: str, model: str) -> dict:
     spec = TASKS[task]
     with tempfile.TemporaryDirectory() as out:
-        args = [a.format(data=DATA) for a in spec["args"] + speed_args(task, preset) + METHODS[method]] + [
+        setup_args = setup_of(task, method, preset)["args"]
+        args = [a.format(data=DATA) for a in setup_args] + [
             "--model_name_or_path",
             model,
             "--output_dir",
@@ -260,6 +285,7 @@ def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_
             "preset": preset_name,
             "model": "all-MiniLM-L6-v2",
             "commit": git_commit(),
+            **({"variant": preset["variant"]} if preset.get("variant") else {}),
             "setup": setup_of(task, method, preset),
         }
 
@@ -347,27 +373,33 @@ def main() -> None:
     path = os.path.join(RESULTS, f"{args.preset}.json")
     done = [] if args.fresh else load_records(path)
 
-    def run(task: str, method: str, lr: float, seed: int) -> dict:
-        """A run already recorded with the same setup is reused, so an interrupted preset picks up where it was."""
-        record = recorded(done, task, method, lr, seed, setup_of(task, method, preset))
-        if record is not None:
+    def runner(setup: dict):
+        def run(task: str, method: str, lr: float, seed: int) -> dict:
+            """A run recorded with the same setup is reused, so an interrupted preset picks up where it was."""
+            record = recorded(done, task, method, lr, seed, setup_of(task, method, setup))
+            if record is not None:
+                return record
+            record = run_once(task, method, lr, seed, setup, args.preset, model)
+            done.append(record)
+            save_records(path, done)
+            print(
+                f"{record['task']:10s} {record['method']:10s} lr={record['learning_rate']:<8g} "
+                f"seed={record['seed']} {record['metric']}={record['value']:.4f} "
+                f"step={record['step_time_s']:.2f}s rss={record['peak_rss_mb']:.0f}MB ({record['wall_s']:.0f}s) "
+                f"{record.get('variant', '')}",
+                flush=True,
+            )
             return record
-        record = run_once(task, method, lr, seed, preset, args.preset, model)
-        done.append(record)
-        save_records(path, done)
-        print(
-            f"{record['task']:10s} {record['method']:10s} lr={record['learning_rate']:<8g} seed={record['seed']} "
-            f"{record['metric']}={record['value']:.4f} step={record['step_time_s']:.2f}s "
-            f"rss={record['peak_rss_mb']:.0f}MB ({record['wall_s']:.0f}s)",
-            flush=True,
-        )
-        return record
+
+        return run
 
     if args.fresh and os.path.exists(path):
         os.replace(path, path + ".old")
-    for task in args.tasks or preset.get("tasks", list(TASKS)):
-        for method in args.methods or preset.get("methods", list(METHODS)):
-            search(task, method, preset, run)
+    for variant, extra_args in preset.get("variants", {"": []}).items():
+        setup = dict(preset, variant=variant, extra_args=extra_args)
+        for task in args.tasks or preset.get("tasks", list(TASKS)):
+            for method in args.methods or preset.get("methods", list(METHODS)):
+                search(task, method, setup, runner(setup))
 
 
 if __name__ == "__main__":

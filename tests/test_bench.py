@@ -179,3 +179,26 @@ def test_records_file_is_a_json_list_and_a_failed_save_keeps_the_old_one(tmp_pat
         accuracy.save_records(path, first + [{"task": "sst2", "value": object()}])
     assert accuracy.load_records(path) == first
     assert os.listdir(tmp_path) == ["cpu.json"]
+
+
+def test_ablation_variants_are_separate_setups_and_get_a_row_each():
+    preset = accuracy.PRESETS["cpu_sst2_masking_ablation"]
+    setups = {
+        name: accuracy.setup_of("sst2", "masking", dict(preset, variant=name, extra_args=extra))
+        for name, extra in preset["variants"].items()
+    }
+    defaults = setups["paper defaults: blocks 2-5, 5% initial sparsity"]
+    assert defaults == accuracy.setup_of("sst2", "masking", accuracy.PRESETS["cpu"])  # the cpu preset's own runs
+    assert len({json.dumps(s, sort_keys=True) for s in setups.values()}) == len(setups)
+    assert setups["initial sparsity 15%"]["args"][-2:] == ["--mask_initial_sparsity", "0.15"]
+
+    report = load("report")
+    records = [
+        dict(fake_record("sst2", "masking", 8e-3, seed, value, nbytes), variant=variant)
+        for variant, nbytes, values in (("defaults", 370_000, (0.80, 0.78)), ("top two", 160_000, (0.75, 0.77)))
+        for seed, value in enumerate(values)
+    ]
+    section = "\n".join(report.ablation_section("ablation", records))
+    assert "| defaults | 79.0 ± 1.4 | +0.0 | 10 | 370,000 |" in section
+    assert "| top two | 76.0 ± 1.4 | -3.0 | 10 | 160,000 |" in section
+    assert "learning rate 0.008" in section and "seeds [0, 1]" in section
