@@ -37,6 +37,7 @@ from hf_masking.scripts import (
     prepare_model,
     push_outputs,
     report_against_baseline,
+    shut_down_distributed,
     train_and_save,
 )
 
@@ -283,4 +284,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shut_down_distributed()

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+import torch
 import transformers
 from torch import nn
 from transformers import HfArgumentParser, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
@@ -140,3 +141,13 @@ def report_against_baseline(metrics: dict[str, float], baseline: dict[str, float
         metrics[f"{prefix}_majority_baseline_{name}"] = value
         if f"{prefix}_{name}" in metrics:
             print(f"{prefix} {name}: {metrics[f'{prefix}_{name}']:.4f} (majority-class baseline: {value:.4f})")
+
+
+def shut_down_distributed() -> None:
+    """Destroy the process group a distributed run (torchrun) created, while the interpreter is still alive.
+
+    Otherwise gloo's worker threads can outlive it and abort the process at exit with "terminate called
+    without an active exception" (pytorch/pytorch#190489), turning a finished run into a failed one.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

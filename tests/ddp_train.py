@@ -16,6 +16,7 @@ from trainer_utils import toy_dataset, training_args  # noqa: E402
 from transformers import AutoModelForSequenceClassification, Trainer  # noqa: E402
 
 from hf_masking import MaskedModel, MaskingCallback, MaskingConfig  # noqa: E402
+from hf_masking.scripts import shut_down_distributed  # noqa: E402
 
 
 def main(output_dir: str) -> None:
@@ -38,4 +39,7 @@ def main(output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    finally:
+        shut_down_distributed()  # as the example scripts do
