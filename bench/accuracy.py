@@ -118,56 +118,41 @@ MASKING_VARIANTS = {
     "blocks 0-3 (bottom four)": ["--mask_layers", "0", "1", "2", "3"],
     "blocks 4-5 (top two)": ["--mask_layers", "4", "5"],
 }
+# Sized so the whole cpu preset (4 tasks x 3 methods x (grid + seeds)) fits in about an hour on 2 cores.
+# MRPC trains on all of its 3668 pairs: with fewer (800, 2000) every method stayed at the all-positive
+# majority F1, so the task measured nothing.
+CPU_PRESET = {
+    "train": {"sst2": 2000, "mrpc": 3668, "conll2003": 1000, "swag": 400},
+    "eval": {"sst2": 872, "mrpc": 408, "conll2003": 500, "swag": 600},
+    "epochs": 1,
+    "batch": 16,
+    "seeds": [0, 1, 2],  # runs on ~100-step budgets differ by up to 8 points between seeds
+    "max_extensions": 3,
+}
+
+
+def at_cpu_rates(task: str, methods: list[str], **changes) -> dict:
+    """A supplementary preset: one task of the cpu preset, rerun at the rates its search picked, with changes."""
+    return {
+        **CPU_PRESET,
+        "train": {task: CPU_PRESET["train"][task]},
+        "eval": {task: CPU_PRESET["eval"][task]},
+        "learning_rates_from": "cpu",
+        "tasks": [task],
+        "methods": methods,
+        **changes,
+    }
+
+
 PRESETS = {
-    # Sized so the whole cpu preset (4 tasks x 3 methods x (grid + seeds)) fits in about an hour on 2 cores.
-    # MRPC trains on all of its 3668 pairs: with fewer (800, 2000) every method stayed at the all-positive
-    # majority F1, so the task measured nothing.
-    "cpu": {
-        "train": {"sst2": 2000, "mrpc": 3668, "conll2003": 1000, "swag": 400},
-        "eval": {"sst2": 872, "mrpc": 408, "conll2003": 500, "swag": 600},
-        "epochs": 1,
-        "batch": 16,
-        "seeds": [0, 1, 2],  # runs on ~100-step budgets differ by up to 8 points between seeds
-        "max_extensions": 3,
-    },
-    # Supplementary: does MRPC's small gap close with more steps? 3 epochs at the learning rates the cpu
-    # preset picked (no new search: one run here costs ~5 min).
-    "cpu_mrpc_3_epochs": {
-        "train": {"mrpc": 3668},
-        "eval": {"mrpc": 408},
-        "epochs": 3,
-        "batch": 16,
-        "seeds": [0, 1],
-        "learning_rates_from": "cpu",
-        "tasks": ["mrpc"],
-        "methods": ["masking", "finetuning"],
-    },
+    "cpu": CPU_PRESET,
+    # Supplementary: does MRPC's small gap close with more steps? (No new search: one run costs ~5 min.)
+    "cpu_mrpc_3_epochs": at_cpu_rates("mrpc", ["masking", "finetuning"], epochs=3, seeds=[0, 1]),
     # Supplementary: the cpu preset groups batches by length for speed; does that move MRPC's result?
-    # Seed 0 at the cpu preset's picked rates, with random batches.
-    "cpu_mrpc_random_batches": {
-        "train": {"mrpc": 3668},
-        "eval": {"mrpc": 408},
-        "epochs": 1,
-        "batch": 16,
-        "seeds": [0],
-        "learning_rates_from": "cpu",
-        "random_batches": True,
-        "tasks": ["mrpc"],
-        "methods": ["masking", "finetuning"],
-    },
-    # Supplementary: paper §5.1 and §5.2 on MiniLM. SST-2 (the cheapest task) at the cpu preset's picked
-    # masking rate, with other initial sparsities and other masked blocks; defaults rerun for comparison.
-    "cpu_sst2_masking_ablation": {
-        "train": {"sst2": 2000},
-        "eval": {"sst2": 872},
-        "epochs": 1,
-        "batch": 16,
-        "seeds": [0, 1, 2],
-        "learning_rates_from": "cpu",
-        "tasks": ["sst2"],
-        "methods": ["masking"],
-        "variants": MASKING_VARIANTS,
-    },
+    "cpu_mrpc_random_batches": at_cpu_rates("mrpc", ["masking", "finetuning"], seeds=[0], random_batches=True),
+    # Supplementary: paper §5.1 and §5.2 on MiniLM. SST-2 (the cheapest task), other initial sparsities and
+    # other masked blocks; the defaults are rerun for comparison.
+    "cpu_sst2_masking_ablation": at_cpu_rates("sst2", ["masking"], variants=MASKING_VARIANTS),
     "gpu": {
         "train": {"sst2": 67349, "mrpc": 3668, "conll2003": 14041, "swag": 8968},
         "eval": {"sst2": 872, "mrpc": 408, "conll2003": 3250, "swag": 1032},
@@ -214,8 +199,8 @@ def artifact_bytes(folder: str, method: str) -> int:
 def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_name: str, model: str) -> dict:
     spec = TASKS[task]
     with tempfile.TemporaryDirectory() as out:
-        setup_args = setup_of(task, method, preset)["args"]
-        args = [a.format(data=DATA) for a in setup_args] + [
+        setup = setup_of(task, method, preset)
+        args = [a.format(data=DATA) for a in setup["args"]] + [
             "--model_name_or_path",
             model,
             "--output_dir",
@@ -286,7 +271,7 @@ def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_
             "model": "all-MiniLM-L6-v2",
             "commit": git_commit(),
             **({"variant": preset["variant"]} if preset.get("variant") else {}),
-            "setup": setup_of(task, method, preset),
+            "setup": setup,
         }
 
 
@@ -373,13 +358,13 @@ def main() -> None:
     path = os.path.join(RESULTS, f"{args.preset}.json")
     done = [] if args.fresh else load_records(path)
 
-    def runner(setup: dict):
+    def runner(variant_preset: dict):
         def run(task: str, method: str, lr: float, seed: int) -> dict:
             """A run recorded with the same setup is reused, so an interrupted preset picks up where it was."""
-            record = recorded(done, task, method, lr, seed, setup_of(task, method, setup))
+            record = recorded(done, task, method, lr, seed, setup_of(task, method, variant_preset))
             if record is not None:
                 return record
-            record = run_once(task, method, lr, seed, setup, args.preset, model)
+            record = run_once(task, method, lr, seed, variant_preset, args.preset, model)
             done.append(record)
             save_records(path, done)
             print(
@@ -396,10 +381,10 @@ def main() -> None:
     if args.fresh and os.path.exists(path):
         os.replace(path, path + ".old")
     for variant, extra_args in preset.get("variants", {"": []}).items():
-        setup = dict(preset, variant=variant, extra_args=extra_args)
+        variant_preset = dict(preset, variant=variant, extra_args=extra_args)
         for task in args.tasks or preset.get("tasks", list(TASKS)):
             for method in args.methods or preset.get("methods", list(METHODS)):
-                search(task, method, setup, runner(setup))
+                search(task, method, variant_preset, runner(variant_preset))
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ def main() -> None:
         runpy.run_path(script, run_name="__main__")
     finally:
         device, gpu_peak = device_and_gpu_peak()
-        peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mb": gpu_peak}
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with open(out, "w") as handle:
-            json.dump({**peak, "device": device}, handle)
+            json.dump({"peak_rss_mb": rss, "peak_gpu_mb": gpu_peak, "device": device}, handle)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from accuracy import load_records, picked_learning_rate  # noqa: E402  (bench/, the script's own folder)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -47,11 +48,7 @@ PRESET_TITLES = {
 
 
 def load_accuracy(preset: str) -> list[dict]:
-    path = os.path.join(RESULTS, f"{preset}.json")
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return json.load(handle)
+    return load_records(os.path.join(RESULTS, f"{preset}.json"))
 
 
 def summarize(records: list[dict]) -> dict:
@@ -63,7 +60,7 @@ def summarize(records: list[dict]) -> dict:
     minutes = sum(r["wall_s"] for r in records) / 60
     for (task, method), runs in grouped.items():
         seed0 = [r for r in runs if r["seed"] == min(x["seed"] for x in runs)]
-        best_lr = max(seed0, key=lambda r: r["value"])["learning_rate"]
+        best_lr = picked_learning_rate(runs, task, method)  # the rate the supplementary presets rerun
         final = [r for r in runs if r["learning_rate"] == best_lr]
         values = [100 * r["value"] for r in final]
         table[(task, method)] = {

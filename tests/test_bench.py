@@ -12,6 +12,7 @@ import sys
 import pytest
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
+sys.path.insert(0, BENCH)  # as when the scripts run: report.py imports from accuracy.py beside it
 
 
 def load(name: str):
