@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from hf_masking.arguments import MaskingArguments, ModelArguments
-from hf_masking.data import GLUE, DataFileError, check_file, load_files, require_columns
+from hf_masking.data import GLUE, DataFileError, check_file, check_known_labels, load_files, require_columns
 from hf_masking.metrics import glue_metrics, majority_label
 from hf_masking.scripts import (
     callbacks_for,
@@ -86,8 +86,9 @@ def main():
 
     # Data: local files (read as the GLUE task's files when --task_name is given) or the Hub.
     files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    label_column = "label" if data_args.task_name else data_args.label_column_name
     if any(files.values()):
-        raw_datasets = load_files(files, data_args.task_name)
+        raw_datasets = load_files(files, data_args.task_name, label_column)
     elif data_args.task_name is not None:
         raw_datasets = load_dataset("nyu-mll/glue", data_args.task_name, cache_dir=model_args.cache_dir)
     else:
@@ -97,7 +98,6 @@ def main():
             cache_dir=model_args.cache_dir,
             token=model_args.token,
         )
-    label_column = "label" if data_args.task_name else data_args.label_column_name
     labeled = [s for s in ("train", "validation") if s in raw_datasets]
     require_columns({s: raw_datasets[s] for s in labeled}, [label_column], "label")
     if label_column != "label":
@@ -111,6 +111,14 @@ def main():
     else:
         is_regression = reference.features["label"].dtype in ("float32", "float64")
         label_list = None if is_regression else sorted(set(reference["label"]))
+        if label_list is not None and "train" in raw_datasets and "validation" in raw_datasets:
+            check_known_labels(
+                raw_datasets["validation"]["label"],
+                files["validation"] or "validation",
+                label_column,
+                set(label_list),
+                files["train"],
+            )
     num_labels = 1 if is_regression else len(label_list)
 
     # Model and tokenizer

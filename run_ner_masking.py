@@ -29,7 +29,14 @@ from transformers import (
 )
 
 from hf_masking.arguments import MaskingArguments, ModelArguments
-from hf_masking.data import CONLL_EXTENSIONS, EXTENSIONS, check_file, load_token_files, require_columns
+from hf_masking.data import (
+    CONLL_EXTENSIONS,
+    EXTENSIONS,
+    check_file,
+    check_known_labels,
+    load_token_files,
+    require_columns,
+)
 from hf_masking.metrics import majority_label, seqeval_metrics
 from hf_masking.scripts import (
     callbacks_for,
@@ -118,6 +125,14 @@ def main():
         label_list = sorted({tag for tags in reference[label_column_name] for tag in tags}, key=str)
         label_to_id = {tag: i for i, tag in enumerate(label_list)}
         label_list = [str(tag) for tag in label_list]
+        if "train" in raw_datasets and "validation" in raw_datasets:
+            check_known_labels(
+                raw_datasets["validation"][label_column_name],
+                data_args.validation_file or "validation",
+                label_column_name,
+                set(label_to_id),
+                data_args.train_file,
+            )
     num_labels = len(label_list)
 
     config = AutoConfig.from_pretrained(

@@ -4,7 +4,7 @@ from typing import Any
 
 from .config import MaskingConfig
 from .ensemble import MaskEnsemble
-from .hub import BaseModelMismatchError, MaskRepoError
+from .errors import BaseModelMismatchError, MaskRepoError
 from .layers import MaskedLinear
 from .model import MaskedModel
 

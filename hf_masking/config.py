@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 BINARIZERS = ("threshold", "topk")
+# Scores are fp32: keep the threshold and initial range far inside its range (3.4e38).
+_SCORE_LIMIT = 1e30
 
 
 @dataclass
@@ -87,17 +89,27 @@ class MaskingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(name, value, "expected a finite number")
+            setattr(self, name, float(value))
         if not 0.0 < self.initial_sparsity < 1.0:
             raise bad("initial_sparsity", self.initial_sparsity, "expected a fraction strictly between 0 and 1")
         if self.init_scale <= 0:
             raise bad("init_scale", self.init_scale, "expected a positive number")
         if self.threshold + self.init_scale <= 0:
             raise bad("threshold", self.threshold, f"threshold + init_scale must be > 0 (init_scale={self.init_scale})")
-        if self.binarizer not in BINARIZERS:
+        if not isinstance(self.binarizer, str) or self.binarizer not in BINARIZERS:
             raise bad("binarizer", self.binarizer, f"expected one of {list(BINARIZERS)}")
+        low, high = self.init_range
+        if not (math.isfinite(high) and abs(high) < _SCORE_LIMIT and abs(self.threshold) < _SCORE_LIMIT):
+            raise bad(
+                "threshold",
+                self.threshold,
+                f"the scores' initial range [{low:.3g}, {high:.3g}] must stay within +-{_SCORE_LIMIT:.0e}",
+            )
         if self.layers is not None:
+            if not isinstance(self.layers, (list, tuple)):
+                raise bad("layers", self.layers, "expected a list of non-negative block indices")
             self.layers = list(self.layers)
-            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
+            if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 100_000 for i in self.layers):
                 raise bad("layers", self.layers, "expected a list of non-negative block indices")
             if len(set(self.layers)) != len(self.layers):
                 raise bad("layers", self.layers, "block indices must not repeat")
@@ -105,8 +117,10 @@ class MaskingConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
                 raise bad(name, value, "expected a list of non-empty strings")
+            if not value:
+                raise bad(name, value, "an empty list selects nothing; use None for the default")
             setattr(self, name, list(value))
         if self.extra_patterns:
             import re
@@ -116,8 +130,8 @@ class MaskingConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise bad("extra_patterns", pattern, f"not a regular expression ({err})") from err
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise bad("seed", self.seed, "expected an integer")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise bad("seed", self.seed, "expected an integer from 0 to 2**63 - 1")
         for name in ("mask_pooler", "mask_classifier"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, getattr(self, name), "expected true or false")
@@ -134,6 +148,8 @@ class MaskingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MaskingConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"A MaskingConfig is a JSON object of fields, not {type(data).__name__}.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -84,14 +84,69 @@ def _read_tsv(path: str, header: bool) -> pd.DataFrame:
 def read_table(path: str) -> pd.DataFrame:
     """A csv, tsv or json(l) file as a DataFrame with its own column names."""
     extension = check_file(path, "file")
-    if extension == "tsv":
-        return _read_tsv(path, header=True)
-    if extension == "csv":
-        return pd.read_csv(path, keep_default_na=False)
+    try:
+        if extension == "tsv":
+            return _read_tsv(path, header=True)
+        if extension == "csv":
+            return pd.read_csv(path, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:
+        raise DataFileError(f"{path!r} is empty: it has no header and no rows.") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataFileError(f"{path!r} is not a readable {extension} file ({err}).") from err
+    if os.path.getsize(path) == 0:
+        raise DataFileError(f"{path!r} is empty.")
     try:
         return pd.read_json(path, lines=True)
     except ValueError:
-        return pd.read_json(path)
+        try:
+            return pd.read_json(path)
+        except ValueError as err:
+            raise DataFileError(f"{path!r} is neither JSON lines nor a JSON table ({err}).") from err
+
+
+def row_position(path: str, index: int) -> str:
+    """Where data row `index` (0-based) of a file is, as a user would look for it."""
+    extension = path.rsplit(".", 1)[-1].lower()
+    if extension in ("csv", "tsv"):
+        return f"line {index + 2}"  # after the header
+    if extension == "jsonl":
+        return f"line {index + 1}"
+    return f"row {index + 1}" if extension == "json" else f"sentence {index + 1}"
+
+
+def check_label_values(values: list, path: str, column: str) -> None:
+    """Every label present and of one kind: a missing or mixed label would become a class of its own."""
+    kinds: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if (
+            value is None
+            or (isinstance(value, str) and not value.strip())
+            or (isinstance(value, float) and value != value)
+        ):
+            raise DataFileError(f"{path!r}, {row_position(path, i)}: column {column!r} has no label.")
+        kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+        kinds.setdefault(kind, i)
+        if len(kinds) > 1:
+            (first_kind, first), (other_kind, other) = list(kinds.items())[:2]
+            raise DataFileError(
+                f"{path!r}: column {column!r} mixes label types: {values[first]!r} ({first_kind}, "
+                f"{row_position(path, first)}) and {values[other]!r} ({other_kind}, {row_position(path, other)})."
+            )
+
+
+def check_known_labels(labels: list, path: str, column: str, known: set, train_path: str | None) -> None:
+    """Refuse evaluation labels that training never saw: the model has no output for them.
+
+    `labels` holds one label per row, or a list of them (a sentence's tags).
+    """
+    for i, row in enumerate(labels):
+        for value in row if isinstance(row, list) else [row]:
+            if value not in known:
+                source = f"the training file {train_path!r}" if train_path else "the training data"
+                raise DataFileError(
+                    f"{path!r}, {row_position(path, i)}: label {value!r} in column {column!r} does not occur in "
+                    f"{source}; the model would have no output for it."
+                )
 
 
 def read_glue_file(path: str, task_name: str) -> pd.DataFrame:
@@ -117,6 +172,12 @@ def read_glue_file(path: str, task_name: str) -> pd.DataFrame:
             out["label"] = raw.astype(float)
         elif raw.str.fullmatch(r"\d+").all():
             out["label"] = raw.astype(int)
+            bad = out.index[out["label"] >= len(task.labels)]
+            if len(bad):
+                raise DataFileError(
+                    f"{path!r}, {row_position(path, int(bad[0]))}: label {raw[bad[0]]!r} is not a {task_name} label "
+                    f"index (0-{len(task.labels) - 1})."
+                )
         else:
             unknown = sorted(set(raw) - set(task.labels))
             if unknown:
@@ -125,14 +186,24 @@ def read_glue_file(path: str, task_name: str) -> pd.DataFrame:
     return out
 
 
-def load_files(files: dict[str, str | None], task_name: str | None = None) -> DatasetDict:
-    """Read the given splits (``{"train": path, ...}``, None entries skipped) into a DatasetDict."""
+def load_files(
+    files: dict[str, str | None], task_name: str | None = None, label_column: str | None = None
+) -> DatasetDict:
+    """Read the given splits (``{"train": path, ...}``, None entries skipped) into a DatasetDict.
+
+    Each file must have data rows; `label_column`, where a file has it, must hold a label in every
+    row, all of one type.
+    """
     splits = {}
     for split, path in files.items():
         if path is None:
             continue
         check_file(path, f"{split}_file")
         frame = read_glue_file(path, task_name) if task_name else read_table(path)
+        if len(frame) == 0:
+            raise DataFileError(f"{path!r} has no data rows" + (" (only a header)." if len(frame.columns) else "."))
+        if label_column is not None and label_column in frame.columns:
+            check_label_values(frame[label_column].tolist(), path, label_column)
         splits[split] = Dataset.from_pandas(frame, preserve_index=False)
     return DatasetDict(splits)
 

@@ -15,11 +15,15 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from . import codec, hub
+from . import atomic_save, codec, hub, model_card
+from . import repo as repo_format
 from .binarizer import make_binarizer
 from .config import MaskingConfig
+from .errors import BaseModelMismatchError, MaskRepoError
+from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint
 from .layers import MaskedLinear
-from .targets import ResolvedTargets, backbone_prefix, resolve_targets
+from .repo import StoredMask
+from .targets import ResolvedTargets, backbone_prefix, check_modules_to_save, resolve_targets
 
 TRAINABLE_MASK = "default"
 
@@ -71,14 +75,27 @@ class MaskedModel(nn.Module):
             cls = _masked_class_for(type(model))
         return super().__new__(cls)
 
-    def __init__(self, model: nn.Module, config: MaskingConfig | None = None, trainable: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: MaskingConfig | None = None,
+        trainable: bool = True,
+        *,
+        masked_modules: list[str] | None = None,
+    ) -> None:
+        """Wrap `model` (frozen from now on) and mask the layers `config` selects.
+
+        `masked_modules` names the layers exactly instead (a loaded repo's list, which is
+        authoritative: its patterns are never matched again).
+        """
         if isinstance(model, MaskedModel) or any(isinstance(m, MaskedLinear) for m in model.modules()):
             raise ValueError("This model is already masked: wrap the original model, not a MaskedModel.")
         if config is not None and not isinstance(config, MaskingConfig):
             raise TypeError(f"config must be a MaskingConfig, not {type(config).__name__}.")
         super().__init__()
         config = config or MaskingConfig()
-        targets = resolve_targets(model, config)
+        targets = resolve_targets(model, config, masked_modules)
+        check_modules_to_save(model, config)
         self.model = model
         self.masking_config = config
         self.targets: ResolvedTargets = targets
@@ -90,11 +107,11 @@ class MaskedModel(nn.Module):
             scores = init_scores(original.weight.shape, name, config).to(original.weight.device) if trainable else None
             model.set_submodule(name, MaskedLinear(original, binarize, scores))
         # Named masks: the trainable one (scores) and any number loaded for inference.
-        self._stored: dict[str, hub.StoredMask] = {}
+        self._stored: dict[str, StoredMask] = {}
         self._trainable = trainable
         self._active = TRAINABLE_MASK if trainable else None
         self._trainable_head: dict[str, torch.Tensor] | None = None
-        self._fingerprints: dict[str, dict[str, Any]] | None = None
+        self._base: BaseTensors | None = None
 
     # ----- passthrough -------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -188,9 +205,10 @@ class MaskedModel(nn.Module):
         explicit = self.masking_config.modules_to_save
         prefix = backbone_prefix(self.model)
         backbone_ids = {id(t) for t in getattr(self.model, prefix).parameters()} if prefix else set()
+        transient = _non_persistent_buffers(self.model)
         names = []
         for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
-            if name.endswith("mask_scores"):
+            if name.endswith("mask_scores") or name in transient:
                 continue
             if explicit is not None:
                 if any(name.startswith(m + ".") for m in explicit):
@@ -228,19 +246,25 @@ class MaskedModel(nn.Module):
 
     # ----- leaving masking ---------------------------------------------------------------
     def merge(self) -> nn.Module:
-        """An ordinary transformers model with W ⊙ M baked into the masked weights.
+        """An ordinary transformers model with W ⊙ M baked into the masked weights, independent of this one.
 
-        The result shares every unmasked tensor with this model (no copy of the base), and its
-        masked layers are plain ``nn.Linear``/``Conv1D`` modules holding new merged weights.
+        Masked layers become plain ``nn.Linear``/``Conv1D`` modules with new merged weights and the
+        head is copied, so a later `set_active_mask` or training step here does not change the
+        merged model. The frozen base tensors that nothing here ever writes (embeddings, LayerNorm,
+        biases, unmasked layers) are shared with it rather than copied, to save memory.
         """
-        memo: dict[int, Any] = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
-        merged_layers = {name: module.merged() for name, module in self.masked_modules().items()}
-        for module in merged_layers.values():
-            memo.update({id(t): t for t in module.parameters()})
-        skeleton = copy.deepcopy(self.model, memo)
-        for name, layer in merged_layers.items():
-            skeleton.set_submodule(name, layer)
-        return skeleton
+        head = set(self.head_tensor_names())
+        memo: dict[int, Any] = {}
+        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if name not in head and not name.endswith("mask_scores"):
+                memo[id(tensor)] = tensor
+        for module in self.masked_modules().values():
+            layer = module.merged()
+            memo[id(module)] = layer
+            memo[id(module.weight)] = layer.weight  # a weight tied elsewhere follows the merged one
+            if module.bias is not None:
+                memo[id(module.bias)] = layer.bias
+        return copy.deepcopy(self.model, memo)
 
     def unload(self) -> nn.Module:
         """Put the original linear layers back and return the unmasked base model (scores dropped)."""
@@ -260,14 +284,14 @@ class MaskedModel(nn.Module):
         """Every mask this model can switch to."""
         return ([TRAINABLE_MASK] if self._trainable else []) + list(self._stored)
 
-    def _stored_mask(self, name: str) -> hub.StoredMask:
+    def _stored_mask(self, name: str) -> StoredMask:
         if name not in self._stored:
             raise KeyError(f"No mask named {name!r}; this model has {self.mask_names}.")
         return self._stored[name]
 
     def load_mask(
         self,
-        repo_or_path: str | hub.StoredMask,
+        repo_or_path: str | os.PathLike | StoredMask,
         name: str,
         revision: str | None = None,
         token: str | bool | None = None,
@@ -279,57 +303,100 @@ class MaskedModel(nn.Module):
         """
         if name in self.mask_names:
             raise ValueError(f"A mask named {name!r} is already loaded; delete_mask({name!r}) first.")
-        if isinstance(repo_or_path, hub.StoredMask):
+        if isinstance(repo_or_path, StoredMask):
             stored = repo_or_path
         else:
-            stored = hub.read_repo_files(hub.download_repo(repo_or_path, revision, token))
+            stored = read_mask_repo(repo_or_path, revision, token)
         self._check_compatible(stored)
         self._stored[name] = stored
 
-    def _check_compatible(self, stored: hub.StoredMask) -> None:
+    def _check_compatible(self, stored: StoredMask) -> None:
         record = stored.record
         head_class = type(self.model).__name__
         if record["head_class"] != head_class:
-            raise hub.BaseModelMismatchError(
+            raise BaseModelMismatchError(
                 f"The mask was trained on a {record['head_class']} ({record.get('model_type')}); this model is a "
                 f"{head_class} ({getattr(self.model.config, 'model_type', None)})."
             )
-        if record["masked_modules"] != self.targets.modules:
-            missing = sorted(set(record["masked_modules"]) ^ set(self.targets.modules))
-            raise hub.BaseModelMismatchError(
-                f"The mask covers other layers than this model masks (first difference: {missing[0]}); "
+        difference = sorted(set(record["masked_modules"]) ^ set(self.targets.modules))
+        if difference:
+            raise BaseModelMismatchError(
+                f"The mask covers other layers than this model masks (first difference: {difference[0]}); "
                 "the base model has another number of blocks or another masking config."
             )
-        hub.compare_fingerprints(self.base_fingerprints(), record["base_fingerprint"])
-        own = dict([*self.model.named_parameters(), *self.model.named_buffers()])
+        own = self._head_tensors()
+        missing = [name for name in own if name not in stored.head]
+        if missing:
+            raise MaskRepoError(
+                f"The mask has no head tensor {missing[0]!r}, which this {head_class} needs (it is not in the base "
+                "checkpoint, so it would stay at a random initialisation)."
+            )
         for tensor_name, value in stored.head.items():
             if tensor_name not in own:
-                raise hub.BaseModelMismatchError(f"The mask's head tensor {tensor_name} does not exist in this model.")
-            if tuple(own[tensor_name].shape) != tuple(value.shape):
-                raise hub.BaseModelMismatchError(
-                    f"The mask's head tensor {tensor_name} has shape {list(value.shape)} but this model's has "
-                    f"{list(own[tensor_name].shape)}: masks with other label sets need their own model."
+                raise BaseModelMismatchError(
+                    f"The mask's head tensor {tensor_name} is not a head tensor of this {head_class}."
                 )
+            target = own[tensor_name]
+            if tuple(target.shape) != tuple(value.shape):
+                raise BaseModelMismatchError(
+                    f"The mask's head tensor {tensor_name} has shape {list(value.shape)} but this model's has "
+                    f"{list(target.shape)}: masks with other label sets need their own model."
+                )
+            if target.is_floating_point() != value.is_floating_point() or (
+                not target.is_floating_point() and target.dtype != value.dtype
+            ):
+                raise MaskRepoError(
+                    f"The mask's head tensor {tensor_name} is {value.dtype}; this model's is {target.dtype}."
+                )
+        modules = self.masked_modules()
+        for name, encoded in stored.masks.items():
+            if tuple(encoded.shape) != tuple(modules[name].weight.shape):
+                raise BaseModelMismatchError(
+                    f"The mask of {name} has shape {list(encoded.shape)}, but the weight it masks in this model has "
+                    f"shape {list(modules[name].weight.shape)}."
+                )
+        check_fingerprint(self._base_tensors(), record["base_fingerprint"])
 
     def set_active_mask(self, name: str) -> None:
-        """Compute with mask `name` from now on; the base stays resident, no weight is reloaded."""
+        """Compute with mask `name` from now on; the base stays resident, no weight is reloaded.
+
+        All or nothing: if anything fails part-way, the model is left exactly as it was.
+        """
         if name == self._active:
             return
         trainable = name == TRAINABLE_MASK and self._trainable
         stored = None if trainable else self._stored_mask(name)
-        modules = self.masked_modules()
-        for module in modules.values():
-            module.set_fixed_mask(None)  # original weights back before the head changes
-        own = self._head_tensors()  # one walk over the model's tensors per switch
-        if self._active == TRAINABLE_MASK:
-            self._trainable_head = {n: t.detach().clone() for n, t in own.items()}
-        with torch.no_grad():
-            for tensor_name, value in (self._trainable_head or {} if trainable else stored.head).items():
-                own[tensor_name].copy_(value)
-        if stored is not None:
+        positions = {}
+        if stored is not None:  # decode everything before changing anything
             for module_name, encoded in stored.masks.items():
-                positions, minority, _ = codec.decode_positions(encoded.data)
-                modules[module_name].set_fixed_mask(torch.from_numpy(positions), minority)
+                decoded, minority, _ = codec.decode_positions(encoded.data)
+                positions[module_name] = (torch.from_numpy(decoded), minority)
+        modules = self.masked_modules()
+        previous = {n: (m.fixed_positions, m.fixed_minority) for n, m in modules.items()}
+        own = self._head_tensors()  # one walk over the model's tensors per switch
+        head_before: dict[str, torch.Tensor] | None = None
+        try:
+            for module in modules.values():
+                module.set_fixed_mask(None)  # original weights back before the head is read or changed
+            head_before = {n: t.detach().clone() for n, t in own.items()}
+            new_head = (self._trainable_head or {}) if trainable else stored.head
+            with torch.no_grad():
+                for tensor_name, value in new_head.items():
+                    own[tensor_name].copy_(value)
+            for module_name, (decoded, minority) in positions.items():
+                modules[module_name].set_fixed_mask(decoded, minority)
+        except BaseException:
+            for module in modules.values():
+                module.set_fixed_mask(None)
+            with torch.no_grad():
+                for tensor_name, value in (head_before or {}).items():
+                    own[tensor_name].copy_(value)
+            for module_name, (old_positions, minority) in previous.items():
+                if old_positions is not None:
+                    modules[module_name].set_fixed_mask(old_positions, minority)
+            raise
+        if self._active == TRAINABLE_MASK:
+            self._trainable_head = head_before
         self._active = name
 
     def delete_mask(self, name: str) -> None:
@@ -346,48 +413,49 @@ class MaskedModel(nn.Module):
         return {name: own[name] for name in self.head_tensor_names()}
 
     # ----- the tiny repo -----------------------------------------------------------------
-    def base_fingerprints(self) -> dict[str, dict[str, Any]]:
-        """Fingerprints of the masked base weights (head excluded), computed once: the base is frozen."""
-        if self._fingerprints is None:
-            head = set(self.head_tensor_names())
-            self._fingerprints = {
-                name: hub.fingerprint(m.original_weight())
-                for name, m in self.masked_modules().items()
-                if f"{name}.weight" not in head
-            }
-        return self._fingerprints
+    def _base_tensors(self) -> BaseTensors:
+        """The base tensors a fingerprint covers (head excluded), digests cached: the base is frozen."""
+        if self._base is None:
+            self._base = BaseTensors(self.model, set(self.head_tensor_names()))
+        return self._base
 
     def _record(self) -> dict[str, Any]:
         from . import __version__
 
         config = self.model.config
-        label_keys = ("id2label", "label2id", "problem_type")
-        fingerprints = self.base_fingerprints()  # the head travels with the mask: not checked
+        fingerprint = make_fingerprint(self._base_tensors())
         name_or_path = getattr(self.model, "name_or_path", None) or None
         revision = None
-        if fingerprints:
-            first = next(iter(fingerprints))
+        first = next(
+            (f"{name}.weight" for name in self.targets.modules if f"{name}.weight" in fingerprint["tensors"]), None
+        )
+        if first is not None:
             prefix = backbone_prefix(self.model)
-            names = [f"{first}.weight"]
+            names = [first]
             if prefix and first.startswith(prefix + "."):
-                names.append(f"{first[len(prefix) + 1 :]}.weight")  # a checkpoint of the bare backbone
-            revision = hub.find_cached_revision(name_or_path, names, fingerprints[first])
+                names.append(first[len(prefix) + 1 :])  # a checkpoint of the bare backbone
+            revision = hub.find_cached_revision(name_or_path, names, fingerprint["tensors"][first]["sha256"].values())
+        labels: dict[str, Any] = {"num_labels": int(config.num_labels)}
+        if getattr(config, "id2label", None):
+            labels["id2label"] = {str(k): str(v) for k, v in config.id2label.items()}
+        if getattr(config, "label2id", None):
+            labels["label2id"] = {str(k): int(v) for k, v in config.label2id.items()}
+        if getattr(config, "problem_type", None):
+            labels["problem_type"] = config.problem_type
         return {
-            "format_version": hub.FORMAT_VERSION,
+            "format_version": repo_format.FORMAT_VERSION,
             "hf_masking_version": __version__,
-            "codec": codec.CODEC_NAME,
-            "codec_version": codec.CODEC_VERSION,
             "masking_config": self.masking_config.to_dict(),
             "base_model_name_or_path": name_or_path,
             "base_model_revision": revision,
             "model_type": getattr(config, "model_type", None),
             "head_class": type(self.model).__name__,
-            "label_config": {k: getattr(config, k) for k in label_keys if getattr(config, k, None) is not None},
+            "label_config": labels,
             "masked_modules": list(self.targets.modules),
-            "base_fingerprint": fingerprints,
+            "base_fingerprint": fingerprint,
         }
 
-    def to_stored_mask(self, mask_name: str | None = None) -> hub.StoredMask:
+    def to_stored_mask(self, mask_name: str | None = None) -> StoredMask:
         """The repo contents of a mask: the active one unless `mask_name` says otherwise."""
         name = mask_name or self._active
         if name in self._stored:
@@ -398,13 +466,45 @@ class MaskedModel(nn.Module):
             raise ValueError("Activate the trainable mask before saving it: set_active_mask('default').")
         masks = {module: codec.encode(mask) for module, mask in self.masks().items()}
         head = {n: t.detach().cpu().clone() for n, t in self._head_tensors().items()}
-        return hub.StoredMask(record=self._record(), masks=masks, head=head)
+        return StoredMask(record=self._record(), masks=masks, head=head)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, mask_name: str | None = None, **_: Any) -> None:
-        """Write the tiny mask repo (config, compressed mask + head, model card) atomically."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        mask_name: str | None = None,
+        *,
+        safe_serialization: bool = True,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> None:
+        """Write the tiny mask repo (config, compressed mask + head, model card) as one atomic change.
+
+        Interrupted at any instant, the folder holds the complete old repo or the complete new one.
+        A README.md the user wrote is kept, with only the Hub metadata added. ``push_to_hub=True``
+        then uploads it (``repo_id`` and the other `push_to_hub` arguments go in `push_kwargs`).
+        """
+        if safe_serialization is not True:
+            raise ValueError("hf-masking saves safetensors only (safe_serialization=False is not supported).")
+        if push_kwargs and not push_to_hub:
+            raise TypeError(f"save_pretrained() got unexpected keyword arguments {sorted(push_kwargs)}.")
+        directory = atomic_save.check_target(os.fspath(save_directory))
         stored = self.to_stored_mask(mask_name)
-        card = hub.model_card(stored, self.sparsity(mask_name))
-        hub.save_atomically(os.fspath(save_directory), stored, card)
+        if is_main_process:
+            config_bytes, weights_bytes = repo_format.encode_repo(stored)
+            files = {repo_format.CONFIG_NAME: config_bytes, repo_format.WEIGHTS_NAME: weights_bytes}
+            existing = atomic_save.read_current(directory, repo_format.CARD_NAME) if os.path.isdir(directory) else None
+            try:
+                text = existing.decode("utf-8") if existing is not None else None
+            except UnicodeDecodeError:
+                text = ""  # not text we can edit: the user's file stays as it is
+            if text != "":
+                generated = model_card.generated_card(stored.record, self.sparsity(mask_name), stored.nbytes)
+                files[repo_format.CARD_NAME] = model_card.updated_card(text, generated, stored.record).encode()
+            atomic_save.save_files(directory, files)
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", None) or os.path.basename(directory)
+            self.push_to_hub(repo_id, mask_name=mask_name, **push_kwargs)
 
     def push_to_hub(
         self,
@@ -417,9 +517,18 @@ class MaskedModel(nn.Module):
     ) -> str:
         """Upload the tiny mask repo to the Hub; returns the commit URL."""
         stored = self.to_stored_mask(mask_name)
+        config_bytes, weights_bytes = repo_format.encode_repo(stored)
+        card = model_card.generated_card(stored.record, self.sparsity(mask_name), stored.nbytes, repo_id)
+        files = {
+            repo_format.CONFIG_NAME: config_bytes,
+            repo_format.WEIGHTS_NAME: weights_bytes,
+            repo_format.CARD_NAME: card.encode(),
+        }
         with tempfile.TemporaryDirectory() as folder:
-            hub.write_repo_files(folder, stored, hub.model_card(stored, self.sparsity(mask_name), repo_id))
-            return hub.upload_folder(folder, repo_id, private, token, revision, commit_message, hub.REPO_FILES)
+            for file_name, data in files.items():
+                with open(os.path.join(folder, file_name), "wb") as handle:
+                    handle.write(data)
+            return hub.upload_folder(folder, repo_id, private, token, revision, commit_message, files)
 
     @classmethod
     def from_pretrained(
@@ -434,39 +543,97 @@ class MaskedModel(nn.Module):
 
         The base comes from the repo's recorded base id at its pinned revision, unless
         `base_model` names another copy (a local folder, another id) or passes a loaded model;
-        either way it must match the fingerprint of the weights the mask was trained on.
-        `base_kwargs` go to the base's ``from_pretrained`` (``dtype``, ``device_map``…).
+        either way every tensor must match the fingerprint of the base the mask was trained on.
+        `base_kwargs` go to the base's ``from_pretrained``: only loading options (``dtype``,
+        ``device_map``, ``cache_dir``, ``trust_remote_code``…); nothing in the repo reaches it
+        but the label fields its head needs.
         """
-        stored = hub.read_repo_files(hub.download_repo(os.fspath(repo_id_or_path), revision, token))
+        unknown = sorted(set(base_kwargs) - BASE_LOADING_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"from_pretrained() got unexpected keyword argument {unknown[0]!r}; the base's loading options it "
+                f"passes on are {sorted(BASE_LOADING_KWARGS)}."
+            )
+        stored = read_mask_repo(repo_id_or_path, revision, token)
         base = (
             base_model
             if isinstance(base_model, nn.Module)
             else _load_base(stored.record, base_model, token, base_kwargs)
         )
-        masked = cls(base, stored.config, trainable=False)
+        masked = cls(base, stored.config, trainable=False, masked_modules=stored.record["masked_modules"])
         masked.load_mask(stored, TRAINABLE_MASK)
         masked.set_active_mask(TRAINABLE_MASK)
         return masked.eval()
 
 
+# Options of a base's `from_pretrained` that say how to load it, never what to load.
+BASE_LOADING_KWARGS = frozenset(
+    {
+        "dtype",
+        "torch_dtype",
+        "device_map",
+        "max_memory",
+        "offload_folder",
+        "low_cpu_mem_usage",
+        "attn_implementation",
+        "cache_dir",
+        "local_files_only",
+        "force_download",
+        "trust_remote_code",
+    }
+)
+
+
+def _non_persistent_buffers(model: nn.Module) -> set[str]:
+    names = set()
+    for module_name, module in model.named_modules():
+        for buffer_name in getattr(module, "_non_persistent_buffers_set", ()):
+            names.add(f"{module_name}.{buffer_name}" if module_name else buffer_name)
+    return names
+
+
+def read_mask_repo(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> StoredMask:
+    """A mask repo from a folder (an interrupted save's journal included) or the Hub, fully checked."""
+    folder, _ = hub.resolve_repo(os.fspath(repo_id_or_path), revision, token)
+    return repo_format.read_folder(folder)
+
+
+def head_class_for(name: str) -> type:
+    """The concrete transformers model class a repo names: never an Auto class, never remote code."""
+    import transformers
+    from transformers import PreTrainedModel
+
+    cls = None
+    if not name.startswith("Auto"):
+        try:
+            cls = getattr(transformers, name, None)
+        except Exception:  # a lazy import of a backend that is not installed
+            cls = None
+    if not isinstance(cls, type) or not issubclass(cls, PreTrainedModel) or cls is PreTrainedModel:
+        raise MaskRepoError(
+            f"{repo_format.CONFIG_NAME}: field 'head_class' is {name!r}, which is not a concrete model class of "
+            f"transformers {transformers.__version__}."
+        )
+    return cls
+
+
 def _load_base(record: dict[str, Any], base_model: str | None, token: Any, base_kwargs: dict[str, Any]) -> nn.Module:
     import transformers
 
-    head_class = getattr(transformers, record["head_class"], None)
-    if head_class is None:
-        raise hub.MaskRepoError(f"The mask's head class {record['head_class']!r} is not in this transformers version.")
-    source = base_model or record["base_model_name_or_path"]
+    head_class = head_class_for(record["head_class"])
+    source = os.fspath(base_model) if base_model is not None else record["base_model_name_or_path"]
     if source is None:
         raise ValueError("The mask repo names no base model; pass base_model=... to from_pretrained.")
+    hub.check_base_source(source)
     kwargs = dict(base_kwargs)
     if base_model is None and record.get("base_model_revision") and not os.path.isdir(source):
-        kwargs.setdefault("revision", record["base_model_revision"])
-    label_config = dict(record.get("label_config", {}))
-    if "id2label" in label_config:
-        label_config["id2label"] = {int(k): v for k, v in label_config["id2label"].items()}
+        kwargs["revision"] = record["base_model_revision"]
+    labels = dict(record["label_config"])  # validated: id2label, label2id, num_labels, problem_type only
+    if "id2label" in labels:
+        labels["id2label"] = {int(k): v for k, v in labels["id2label"].items()}
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the head is "newly initialised": expected, it is replaced
     try:
-        return head_class.from_pretrained(source, token=token, **label_config, **kwargs)
+        return head_class.from_pretrained(source, token=token, **labels, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)

@@ -91,10 +91,50 @@ def _tied_to_backbone(model: nn.Module, module: nn.Module) -> bool:
     return id(module.weight) in backbone_ids
 
 
-def resolve_targets(model: nn.Module, config: MaskingConfig) -> ResolvedTargets:
-    """Names of the modules `config` selects in `model`; a clear ValueError for anything that matches nothing."""
-    maskable = [name for name, module in model.named_modules() if isinstance(module, MASKABLE_TYPES)]
+def _explicit_targets(model: nn.Module, modules: list[str]) -> list[str]:
+    """Check a stored list of module names against `model`: each must exist and be a Linear/Conv1D.
+
+    Used when loading a repo, whose list is authoritative: no pattern from the repo is ever matched.
+    """
+    maskable = {name for name, module in model.named_modules() if isinstance(module, MASKABLE_TYPES)}
+    for name in modules:
+        if name not in maskable:
+            try:
+                kind = type(model.get_submodule(name)).__name__
+            except AttributeError:
+                kind = None
+            what = f"is a {kind}, not a linear layer" if kind else "does not exist"
+            raise ValueError(f"The mask masks module {name!r}, which in this {type(model).__name__} {what}.")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(modules, key=order.__getitem__)
+
+
+def check_modules_to_save(model: nn.Module, config: MaskingConfig) -> None:
+    """Refuse `modules_to_save` entries that name no module (a typo would save a repo without its head)."""
+    names = {name for name, _ in model.named_modules()}
+    for entry in config.modules_to_save or []:
+        if entry not in names:
+            tops = [name for name, _ in model.named_children()]
+            raise ValueError(
+                f"MaskingConfig.modules_to_save: {entry!r} is not a module of {type(model).__name__}; its top-level "
+                f"modules are: {_listing(tops)}."
+            )
+
+
+def resolve_targets(model: nn.Module, config: MaskingConfig, modules: list[str] | None = None) -> ResolvedTargets:
+    """Names of the modules `config` selects in `model`; a clear ValueError for anything that matches nothing.
+
+    With `modules` (a stored repo's list), exactly those modules, each checked to exist.
+    """
     block_prefix, num_blocks = find_blocks(model)
+    if modules is not None:
+        return ResolvedTargets(
+            modules=_explicit_targets(model, modules),
+            block_prefix=block_prefix,
+            num_blocks=num_blocks,
+            head_prefixes=head_prefixes(model),
+        )
+    maskable = [name for name, module in model.named_modules() if isinstance(module, MASKABLE_TYPES)]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     selected: list[str] = []
 
