@@ -324,19 +324,21 @@ class MaskedModel(nn.Module):
                 f"The mask covers other layers than this model masks (first difference: {difference[0]}); "
                 "the base model has another number of blocks or another masking config."
             )
+        check_fingerprint(self._base_tensors(), record["base_fingerprint"])
         own = self._head_tensors()
+        extra = [name for name in stored.head if name not in own]
+        if extra:
+            raise BaseModelMismatchError(
+                f"The mask's head tensor {extra[0]} is not a head tensor of this {head_class}."
+            )
         missing = [name for name in own if name not in stored.head]
         if missing:
             raise MaskRepoError(
                 f"The mask has no head tensor {missing[0]!r}, which this {head_class} needs (it is not in the base "
                 "checkpoint, so it would stay at a random initialisation)."
             )
-        for tensor_name, value in stored.head.items():
-            if tensor_name not in own:
-                raise BaseModelMismatchError(
-                    f"The mask's head tensor {tensor_name} is not a head tensor of this {head_class}."
-                )
-            target = own[tensor_name]
+        for tensor_name, target in own.items():  # in model order, so the first difference named is stable
+            value = stored.head[tensor_name]
             if tuple(target.shape) != tuple(value.shape):
                 raise BaseModelMismatchError(
                     f"The mask's head tensor {tensor_name} has shape {list(value.shape)} but this model's has "
@@ -355,7 +357,6 @@ class MaskedModel(nn.Module):
                     f"The mask of {name} has shape {list(encoded.shape)}, but the weight it masks in this model has "
                     f"shape {list(modules[name].weight.shape)}."
                 )
-        check_fingerprint(self._base_tensors(), record["base_fingerprint"])
 
     def set_active_mask(self, name: str) -> None:
         """Compute with mask `name` from now on; the base stays resident, no weight is reloaded.
@@ -555,11 +556,14 @@ class MaskedModel(nn.Module):
                 f"passes on are {sorted(BASE_LOADING_KWARGS)}."
             )
         stored = read_mask_repo(repo_id_or_path, revision, token)
-        base = (
-            base_model
-            if isinstance(base_model, nn.Module)
-            else _load_base(stored.record, base_model, token, base_kwargs)
-        )
+        if isinstance(base_model, nn.Module):
+            base = base_model
+            if type(base).__name__ != stored.record["head_class"]:
+                raise BaseModelMismatchError(
+                    f"The mask was trained on a {stored.record['head_class']}; base_model is a {type(base).__name__}."
+                )
+        else:
+            base = _load_base(stored.record, base_model, token, base_kwargs)
         masked = cls(base, stored.config, trainable=False, masked_modules=stored.record["masked_modules"])
         masked.load_mask(stored, TRAINABLE_MASK)
         masked.set_active_mask(TRAINABLE_MASK)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .config import MaskingConfig
+from .errors import BaseModelMismatchError
 from .layers import MASKABLE_TYPES
 
 # The six linear layers of a transformer block that the paper masks (W_K, W_Q, W_V, W_AO, W_I, W_O).
@@ -104,7 +105,10 @@ def _explicit_targets(model: nn.Module, modules: list[str]) -> list[str]:
             except AttributeError:
                 kind = None
             what = f"is a {kind}, not a linear layer" if kind else "does not exist"
-            raise ValueError(f"The mask masks module {name!r}, which in this {type(model).__name__} {what}.")
+            raise BaseModelMismatchError(
+                f"The mask masks module {name!r}, which in this {type(model).__name__} {what}: the base model is "
+                "another architecture."
+            )
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(modules, key=order.__getitem__)
 

@@ -64,7 +64,8 @@ def test_a_mask_for_another_label_set_is_refused(three_masks, tmp_path):
     root, base_dir, _ = three_masks
     binary = MaskedModel(load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=2))
     with pytest.raises(
-        BaseModelMismatchError, match="head tensor classifier.bias has shape \\[3\\] but this model's has \\[2\\]"
+        BaseModelMismatchError,
+        match="head tensor classifier.weight has shape \\[3, 32\\] but this model's has \\[2, 32\\]",
     ):
         binary.load_mask(root / "task0", "three-way")
 

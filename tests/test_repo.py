@@ -10,7 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from hf_masking import BaseModelMismatchError, MaskedModel, MaskingConfig, MaskRepoError, hub
+from repo_tools import forge, read_raw
+
+from hf_masking import BaseModelMismatchError, MaskedModel, MaskingConfig, MaskRepoError, atomic_save
 
 
 def _trained(base_dir, head=AutoModelForSequenceClassification, num_labels=3, seed=0):
@@ -31,15 +33,24 @@ def test_save_and_from_pretrained_give_bitwise_equal_logits(tmp_path, model_type
     assert loaded.config.id2label == model.config.id2label
     assert not any(p.requires_grad for p in loaded.parameters())
 
-    record = json.loads((tmp_path / "mask" / "masking_config.json").read_text())
+    record, metadata, tensors = read_raw(tmp_path / "mask")
     assert record["base_model_name_or_path"] == base_dir and record["base_model_revision"] is None
     assert record["head_class"] == type(model.get_base_model()).__name__
     assert MaskingConfig.from_dict(record["masking_config"]) == model.masking_config
-    with safe_open(str(tmp_path / "mask" / "mask.safetensors"), "pt") as f:
-        assert all(f.get_tensor(k).dtype == torch.uint8 for k in f.keys() if k.startswith("mask."))
-        head_keys = sorted(k for k in f.keys() if k.startswith("head."))
-        assert f.metadata()["codec"] == "rice-gaps"
+    assert all(t.dtype == torch.uint8 for k, t in tensors.items() if k.startswith("mask."))
+    head_keys = sorted(k for k in tensors if k.startswith("head."))
+    assert metadata["codec"] == "rice-gaps" and sorted(metadata["tensors"]) == sorted(tensors)
     assert head_keys and all(k.startswith(("head.classifier", "head.pre_classifier")) for k in head_keys)
+    # Every base tensor the model computes with is fingerprinted, the head (which travels) is not.
+    fingerprinted = set(record["base_fingerprint"]["tensors"])
+    base_tensors = {
+        n for n, _ in load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=3).named_parameters()
+    }
+    assert fingerprinted == base_tensors - {k[len("head.") :] for k in head_keys}
+    # A second save of the same mask gives the same bytes (deterministic files, Hub dedup).
+    before = (tmp_path / "mask" / "mask.safetensors").read_bytes()
+    loaded.save_pretrained(tmp_path / "mask")
+    assert (tmp_path / "mask" / "mask.safetensors").read_bytes() == before
 
 
 def test_repo_holds_no_base_weights_and_a_model_card(tmp_path):
@@ -68,12 +79,10 @@ def test_base_override_accepts_a_copy_and_refuses_other_bases(tmp_path):
     assert half.get_base_model().dtype == torch.bfloat16  # same weights in bf16: accepted
 
     other = save_pretrained_base(tmp_path / "other", seed=1)
-    with pytest.raises(
-        BaseModelMismatchError, match=r"bert\.encoder\.layer\.2\.attention\.self\.query\.weight differs"
-    ):
+    with pytest.raises(BaseModelMismatchError, match=r"bert\.embeddings\.word_embeddings\.weight differs"):
         MaskedModel.from_pretrained(tmp_path / "mask", base_model=other)
     wider = save_pretrained_base(tmp_path / "wider", hidden_size=48, intermediate_size=64)
-    with pytest.raises(BaseModelMismatchError, match=r"shape \[48, 48\] in the base model but \[32, 32\]"):
+    with pytest.raises(BaseModelMismatchError, match=r"config has hidden_size=48, but .* hidden_size=32"):
         MaskedModel.from_pretrained(tmp_path / "mask", base_model=wider)
     roberta = load_quietly(
         AutoModelForSequenceClassification, save_pretrained_base(tmp_path / "rob", "roberta"), num_labels=3
@@ -107,23 +116,20 @@ def test_corrupted_mask_bytes_are_refused(saved_mask):
     key = next(k for k in tensors if k.startswith("mask."))
     tensors[key][-1] ^= 0x55
     save_file(tensors, str(path), metadata=metadata)
-    with pytest.raises(MaskRepoError, match="is unusable: mask data is corrupted"):
+    with pytest.raises(MaskRepoError, match=r"mask.safetensors is corrupted: tensor 'mask\.bert\..*' does not match"):
         MaskedModel.from_pretrained(saved_mask)
 
 
 def test_unknown_codec_and_format_are_refused(saved_mask):
-    path = saved_mask / "mask.safetensors"
-    with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        metadata = f.metadata()
-    save_file(tensors, str(path), metadata={**metadata, "codec": "bitpack-lz4"})
+    forge(saved_mask, edit_metadata=lambda meta: meta.update(codec="bitpack-lz4"))
     with pytest.raises(MaskRepoError, match="uses mask codec 'bitpack-lz4'"):
         MaskedModel.from_pretrained(saved_mask)
     config = saved_mask / "masking_config.json"
     record = json.loads(config.read_text())
-    config.write_text(json.dumps({**record, "format_version": 7}))
-    with pytest.raises(MaskRepoError, match="format_version 7"):
-        MaskedModel.from_pretrained(saved_mask)
+    for version, message in [(7, "format_version 7;"), (1, r"format_version 1 \(hf-masking 0\.1")]:
+        config.write_text(json.dumps({**record, "format_version": version}))
+        with pytest.raises(MaskRepoError, match=message):
+            MaskedModel.from_pretrained(saved_mask)
     config.write_text("{not json")
     with pytest.raises(MaskRepoError, match="not valid JSON"):
         MaskedModel.from_pretrained(saved_mask)
@@ -136,18 +142,23 @@ def test_failed_save_leaves_the_previous_repo_intact(saved_mask, monkeypatch):
     (saved_mask / "tokenizer.json").write_text("{}")  # unrelated files must survive saves
     before = {f: (saved_mask / f).read_bytes() for f in os.listdir(saved_mask)}
     model = MaskedModel.from_pretrained(saved_mask)
+    written = []
 
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def disk_full(path, data, mode):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        real_write(path, data, mode)
 
-    monkeypatch.setattr(hub, "save_file", disk_full)
+    real_write = atomic_save._write_file
+    monkeypatch.setattr(atomic_save, "_write_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(saved_mask)
     assert {f: (saved_mask / f).read_bytes() for f in os.listdir(saved_mask)} == before
-    assert not [f for f in os.listdir(saved_mask.parent) if f.startswith(".hf-masking-")]
     monkeypatch.undo()
     model.save_pretrained(saved_mask)
     assert (saved_mask / "tokenizer.json").exists()
+    assert not [f for f in os.listdir(saved_mask) if f.startswith(".hf-masking")]
 
 
 def test_merged_model_loads_with_plain_transformers(tmp_path):
