@@ -351,7 +351,9 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
     for module_name in record["masked_modules"]:
         entry = metadata["masks"].get(module_name)
         if entry is None or entry["tensor"] not in tensors:
-            raise MaskRepoError(f"{weights_path} has no mask for {module_name}, which {config_path} lists.")
+            raise MaskRepoError(
+                f"{weights_path} has no mask for {module_name!r}, which field 'masked_modules' of {config_path} lists."
+            )
         tensor = tensors[entry["tensor"]]
         if tensor.dtype != torch.uint8 or tensor.dim() != 1:
             raise MaskRepoError(f"{weights_path}: the mask of {module_name} is not a flat uint8 tensor.")
@@ -363,7 +365,9 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
         masks[module_name] = encoded
     extra = sorted(set(metadata["masks"]) - set(record["masked_modules"]))
     if extra:
-        raise MaskRepoError(f"{weights_path} holds a mask for {extra[0]}, which {config_path} does not list.")
+        raise MaskRepoError(
+            f"{weights_path} holds a mask for {extra[0]!r}, which field 'masked_modules' of {config_path} does not list."
+        )
     head = {}
     for key, tensor in tensors.items():
         if key.startswith(MASK_PREFIX):

@@ -6,11 +6,10 @@ import sys
 import pytest
 import torch
 from conftest import load_quietly, random_batch, save_pretrained_base, train_a_little
+from repo_tools import forge, read_raw
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-from repo_tools import forge, read_raw
 
 from hf_masking import BaseModelMismatchError, MaskedModel, MaskingConfig, MaskRepoError, atomic_save
 

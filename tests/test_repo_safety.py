@@ -119,7 +119,7 @@ def test_stored_module_list_is_authoritative_and_checked(repo):
     forge(folder, edit_record=lambda r: r["masked_modules"].reverse())  # another order: same mask
     assert torch.equal(MaskedModel.from_pretrained(folder)(**random_batch()).logits, expected)
     forge(folder, edit_record=lambda r: r["masked_modules"].append("bert.encoder.layer.0.attention.output.LayerNorm"))
-    with pytest.raises(MaskRepoError, match="no mask for bert.encoder.layer.0.attention.output.LayerNorm"):
+    with pytest.raises(MaskRepoError, match="no mask for .bert.encoder.layer.0.attention.output.LayerNorm"):
         MaskedModel.from_pretrained(folder)
 
 
