@@ -366,7 +366,7 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
     extra = sorted(set(metadata["masks"]) - set(record["masked_modules"]))
     if extra:
         raise MaskRepoError(
-            f"{weights_path} holds a mask for {extra[0]!r}, which field 'masked_modules' of {config_path} does not list."
+            f"{weights_path} holds a mask for {extra[0]!r}, which field 'masked_modules' of {config_path} omits."
         )
     head = {}
     for key, tensor in tensors.items():

@@ -198,16 +198,45 @@ def test_own_csv_and_json_files_no_masking_and_json_arguments(tmp_path, tiny_mod
         (["--train_file", "missing.tsv"], "--train_file 'missing.tsv': no such file"),
         (["--train_file", "{tmp}/data.xlsx"], "unknown extension 'xlsx'"),
         (["--train_file", "{tmp}/train.csv", "--label_column_name", "sentiment"], "no label column 'sentiment'"),
+        (["--train_file", "{tmp}/empty.csv"], "empty.csv' is empty: it has no header and no rows"),
+        (["--train_file", "{tmp}/header.csv"], "header.csv' has no data rows \\(only a header\\)"),
+        (["--train_file", "{tmp}/blank.csv"], "blank.csv', line 3: column 'label' has no label"),
+        (
+            ["--train_file", "{tmp}/mixed.jsonl"],
+            "mixed.jsonl': column 'label' mixes label types: 1 \\(number, line 1\\) and ",
+        ),
+        (
+            ["--train_file", "{tmp}/train.csv", "--validation_file", "{tmp}/unseen.csv", "--do_eval"],
+            "unseen.csv', line 3: label 'neutral' in column 'label' does not occur in the training file .*train.csv",
+        ),
+        (["--task_name", "sst2", "--train_file", "{tmp}/sst2.tsv"], "sst2.tsv', line 3: label '7' is not a sst2 label"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, tiny_model, monkeypatch, change, error):
     write(tmp_path / "data.xlsx", "x")
-    write(tmp_path / "train.csv", "text,label\nthe movie,1\n")
+    write(tmp_path / "train.csv", "text,label\nthe movie,pos\na plot,neg\n")
+    write(tmp_path / "empty.csv", "")
+    write(tmp_path / "header.csv", "text,label\n")
+    write(tmp_path / "blank.csv", "text,label\nthe movie,pos\na plot,\n")
+    write(tmp_path / "mixed.jsonl", '{"text": "the movie", "label": 1}\n{"text": "a plot", "label": "pos"}\n')
+    write(tmp_path / "unseen.csv", "text,label\nthe movie,pos\na plot,neutral\n")
+    write(tmp_path / "sst2.tsv", "sentence\tlabel\nthe movie\t1\na plot\t7\n")
     out = tmp_path / "out"
     change = [c.replace("{tmp}", str(tmp_path)) for c in change]
     with pytest.raises(DataFileError, match=error):
         glue(monkeypatch, tiny_model, out, *change, "--do_train")
     assert not out.exists() or not os.listdir(out)
+
+
+def test_ner_refuses_dev_tags_that_training_never_saw(tmp_path, tiny_model, monkeypatch):
+    write(tmp_path / "train.conll", "alice B-PER\nruns O\n\nbob B-PER\nsits O\n")
+    write(tmp_path / "dev.conll", "alice B-PER\n\nacme B-ORG\nruns O\n")
+    args = ["--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "out"), *COMMON, "--do_train"]
+    args += ["--train_file", str(tmp_path / "train.conll"), "--validation_file", str(tmp_path / "dev.conll")]
+    with pytest.raises(
+        DataFileError, match="dev.conll', sentence 2: label 'B-ORG' in column 'ner_tags' does not occur"
+    ):
+        run_script("run_ner_masking.py", [*args, "--do_eval"], monkeypatch)
 
 
 def test_ner_reads_conll_with_docstart_and_json(tmp_path, tiny_model, monkeypatch):
