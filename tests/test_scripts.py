@@ -80,7 +80,7 @@ def test_sst2_files_train_a_mask_and_save_only_the_tiny_repo(tmp_path, tiny_mode
 
     # A mask whose base is not --model_name_or_path is refused before anything runs.
     other = save_tiny_model(tmp_path / "other-model", seed=1)
-    with pytest.raises(BaseModelMismatchError, match="differs from the weight the mask was trained on"):
+    with pytest.raises(BaseModelMismatchError, match="differs from the tensor the mask was trained on"):
         glue(
             monkeypatch,
             other,
