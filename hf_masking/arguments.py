@@ -17,8 +17,14 @@ def _flag_name(name: str) -> str:
     return name if name.startswith("mask_") else f"mask_{name}"
 
 
+_REGEX_CHARACTERS = set("*+?[](){}|^$\\")
+
+
 def _to_masking_config(self: Any, default_seed: int | None = None) -> MaskingConfig:
     values = {f.name: getattr(self, _flag_name(f.name)) for f in fields(MaskingConfig)}
+    targets = values["target_modules"]
+    if targets and len(targets) == 1 and (targets[0] == "all-linear" or _REGEX_CHARACTERS & set(targets[0])):
+        values["target_modules"] = targets[0]  # one regex, or all-linear: PEFT's string forms
     if values["seed"] is None:
         values["seed"] = default_seed if default_seed is not None else 0
     return MaskingConfig(**values)
@@ -32,7 +38,10 @@ def _build() -> type:
             str | None,
             field(
                 default=None,
-                metadata={"help": "A mask repo (folder or Hub id) to evaluate instead of training a new mask."},
+                metadata={
+                    "help": "A mask repo (folder, Hub id, or a Trainer checkpoint of a mask) to evaluate "
+                    "(--do_eval/--do_predict) or to train further (--do_train) instead of a new mask."
+                },
             ),
         ),
     ]
@@ -55,6 +64,9 @@ def _build() -> type:
         default = f.default if f.default is not MISSING else None
         annotation = f.type
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
+        if f.name == "target_modules":  # a list on the command line; one regex or all-linear becomes a string
+            annotation = "list[str] | None"
+            help_text += " On the command line: names, all-linear, or one regex."
         if f.name == "seed":  # follows --seed unless given
             annotation, default = "int | None", None
             help_text += " Default: the training --seed."

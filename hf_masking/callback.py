@@ -68,6 +68,7 @@ class MaskingCallback(TrainerCallback):
         masked = _find_masked_model(model)
         if masked is None:
             raise TypeError("MaskingCallback needs the Trainer's model to be a hf_masking.MaskedModel.")
+        masked._callback_attached = True
         if optimizer is not None:
             exempt_scores_from_weight_decay(optimizer, masked)
 

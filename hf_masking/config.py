@@ -13,6 +13,18 @@ BINARIZERS = ("threshold", "topk")
 _SCORE_LIMIT = 1e30
 
 
+ALL_LINEAR = "all-linear"
+
+
+def _check_regex(name: str, pattern: str, bad: Any) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise bad(name, pattern, f"not a regular expression ({err})") from err
+
+
 @dataclass
 class MaskingConfig:
     """What to mask and how (Zhao et al., 2020, §3). Defaults follow the paper."""
@@ -45,12 +57,14 @@ class MaskingConfig:
             "(2-11 for BERT/RoBERTa-base, 2-5 for DistilBERT)."
         },
     )
-    target_modules: list[str] | None = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "Names of the linear modules inside a block to mask, relative to the block "
-            "(e.g. 'attention.self.query'). Default: the paper's six for BERT, RoBERTa and DistilBERT; "
-            "every linear layer of a block for other architectures."
+            "help": "Which linear modules to mask, as in PEFT: names inside a block, each matching a module's name "
+            "relative to its block or a suffix of it ('query' matches 'attention.self.query'); 'all-linear' for "
+            "every linear module of a block; or one regular expression matched against full module names "
+            "(re.fullmatch). Default: the paper's six for BERT, RoBERTa and DistilBERT; every linear module of a "
+            "block for other architectures."
         },
     )
     mask_pooler: bool = field(default=True, metadata={"help": "Mask the pooler's dense layer, if there is one."})
@@ -113,23 +127,22 @@ class MaskingConfig:
                 raise bad("layers", self.layers, "expected a list of non-negative block indices")
             if len(set(self.layers)) != len(self.layers):
                 raise bad("layers", self.layers, "block indices must not repeat")
+        if isinstance(self.target_modules, str):
+            if not self.target_modules:
+                raise bad("target_modules", self.target_modules, "an empty string selects nothing; use None")
+            if self.target_modules != ALL_LINEAR:
+                _check_regex("target_modules", self.target_modules, bad)
         for name in ("target_modules", "extra_patterns", "modules_to_save"):
             value = getattr(self, name)
-            if value is None:
+            if value is None or (name == "target_modules" and isinstance(value, str)):
                 continue
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
                 raise bad(name, value, "expected a list of non-empty strings")
             if not value:
                 raise bad(name, value, "an empty list selects nothing; use None for the default")
             setattr(self, name, list(value))
-        if self.extra_patterns:
-            import re
-
-            for pattern in self.extra_patterns:
-                try:
-                    re.compile(pattern)
-                except re.error as err:
-                    raise bad("extra_patterns", pattern, f"not a regular expression ({err})") from err
+        for pattern in self.extra_patterns or []:
+            _check_regex("extra_patterns", pattern, bad)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise bad("seed", self.seed, "expected an integer from 0 to 2**63 - 1")
         for name in ("mask_pooler", "mask_classifier"):

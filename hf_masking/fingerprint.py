@@ -73,7 +73,15 @@ class BaseTensors:
     while a loaded mask has zeroed part of it in place.
     """
 
-    def __init__(self, model: nn.Module, exclude: set[str]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        exclude: set[str],
+        only: set[str] | None = None,
+        digests: dict[tuple[str, torch.dtype], str] | None = None,
+    ) -> None:
+        """`only`: the tensor names to cover (a head class built around a shared backbone does not use all
+        of it); `digests`: a cache shared between views of the same frozen tensors."""
         from .layers import MaskedLinear
 
         self._masked = {
@@ -92,8 +100,10 @@ class BaseTensors:
         for name, tensor in model.named_buffers():
             if name not in non_persistent and name not in exclude and tensor is not None:
                 self.tensors[name] = tensor
+        if only is not None:
+            self.tensors = {name: t for name, t in self.tensors.items() if name in only}
         self.config = computation_config(model)
-        self._digests: dict[tuple[str, torch.dtype], str] = {}
+        self._digests = digests if digests is not None else {}
 
     def value(self, name: str) -> torch.Tensor:
         module = self._masked.get(name)

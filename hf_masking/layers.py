@@ -82,8 +82,27 @@ class MaskedLinear(nn.Module):
         self.register_buffer("fixed_positions", None, persistent=False)
         self.fixed_minority = 0
         self._removed: torch.Tensor | None = None  # weight values a fixed mask has zeroed in place
+        self.disabled = False  # inside MaskedModel.disable_masks(): compute with the unmasked weight
         # Kept outside the module tree (a tuple is not registered) so unwrapping restores it.
         self._original = (base,)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
+        """Casts (``.half()``, ``.to(torch.bfloat16)``) reach the weight, never the scores: they stay fp32.
+
+        A bf16 cast would round scores near the threshold across it and flip mask entries, as
+        PEFT keeps adapter weights in fp32 (``autocast_adapter_dtype``). Moves between devices apply.
+        """
+        scores = self._parameters.pop("mask_scores", None)
+        try:
+            result = super()._apply(fn, recurse)
+        finally:
+            self._parameters["mask_scores"] = scores
+        if scores is not None and scores.device != self.weight.device:
+            moved = scores.data.to(self.weight.device)
+            scores.data = moved
+            if scores.grad is not None:
+                scores.grad = scores.grad.to(self.weight.device)
+        return result
 
     @property
     def in_features(self) -> int:
@@ -156,9 +175,11 @@ class MaskedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.mask_scores
-        if self.fixed_positions is not None:
+        if self.disabled or self.fixed_positions is not None:
             return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)  # masked in place
-        if scores is not None and torch.is_grad_enabled():
+        if scores is None:  # a layer only loaded masks use: unmasked until one is set
+            return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)
+        if torch.is_grad_enabled():
             return _MaskedLinearFunction.apply(x, self.weight, self.bias, scores, self.binarize, self.transposed)
         masked = self.weight * self.mask()
         return F.linear(x, masked.t() if self.transposed else masked, self.bias)

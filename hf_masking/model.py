@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import math
 import os
 import tempfile
+import warnings
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +32,23 @@ from .targets import ResolvedTargets, backbone_prefix, check_modules_to_save, re
 
 TRAINABLE_MASK = "default"
 
+
+@dataclass
+class _Task:
+    """A task model around the one shared backbone: its head, its masked layers, and what it computes with.
+
+    The wrapped model is the first task; a mask with another head (another label set, or token
+    classification next to sequence classification) gets a task model of its own whose backbone is
+    the same module, so only its head costs memory.
+    """
+
+    model: nn.Module
+    targets: ResolvedTargets
+    modules_to_save: list[str] | None
+    natural: set[str] | None = None  # tensor names the head class has by itself (None: all of them)
+    base: BaseTensors | None = None
+
+
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -40,6 +62,8 @@ def _masked_class_for(model_cls: type) -> type:
     if model_cls not in _SUBCLASSES:
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
+            if self.training and torch.is_grad_enabled():
+                self._warn_if_trained_without_callback()
             return self.model(*args, **kwargs)
 
         forward.__signature__ = inspect.signature(model_cls.forward)  # type: ignore[attr-defined]
@@ -47,6 +71,25 @@ def _masked_class_for(model_cls: type) -> type:
         name = f"Masked{model_cls.__name__}"
         _SUBCLASSES[model_cls] = type(name, (MaskedModel,), {"forward": forward, "__module__": __name__})
     return _SUBCLASSES[model_cls]
+
+
+def scores_for_mask(initial: torch.Tensor, mask: torch.Tensor, config: MaskingConfig) -> torch.Tensor:
+    """Scores that binarize to exactly `mask`, as close as possible to the initial scores.
+
+    Threshold binarizer: each initial score stays, except where it falls on the wrong side of τ;
+    there it moves to τ (kept) or to the float just below τ (masked out), so training picks up
+    at the decision boundary of exactly those weights. Top-k: kept scores are lifted above every
+    masked-out one by the initial range, preserving their order within each group.
+    """
+    scores = initial.detach().to(torch.float32).clone()
+    if config.binarizer == "topk":
+        span = float(scores.max() - scores.min()) + 1.0
+        return torch.where(mask, scores + span, scores - span)
+    threshold = torch.tensor(config.threshold, dtype=torch.float32)
+    below = torch.nextafter(threshold, torch.tensor(-math.inf))
+    scores[mask & (scores < threshold)] = threshold
+    scores[~mask & (scores >= threshold)] = below
+    return scores
 
 
 def init_scores(shape: torch.Size, module_name: str, config: MaskingConfig) -> torch.Tensor:
@@ -98,7 +141,8 @@ class MaskedModel(nn.Module):
         check_modules_to_save(model, config)
         self.model = model
         self.masking_config = config
-        self.targets: ResolvedTargets = targets
+        self._primary = _layout(type(model).__name__, {})  # filled in below, once the head is known
+        self._tasks: dict[tuple, _Task] = {}
         for param in model.parameters():
             param.requires_grad_(False)
         binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
@@ -106,12 +150,19 @@ class MaskedModel(nn.Module):
             original = model.get_submodule(name)
             scores = init_scores(original.weight.shape, name, config).to(original.weight.device) if trainable else None
             model.set_submodule(name, MaskedLinear(original, binarize, scores))
+        primary = _Task(model, targets, config.modules_to_save)
+        self._primary = _layout(type(model).__name__, self._head_tensors(primary))
+        self._tasks[self._primary] = primary
+        self._active_task = self._primary
+        self._digests: dict = {}  # base tensor digests, shared by every task: the backbone is one
         # Named masks: the trainable one (scores) and any number loaded for inference.
         self._stored: dict[str, StoredMask] = {}
+        self._mask_task: dict[str, tuple] = {}
         self._trainable = trainable
         self._active = TRAINABLE_MASK if trainable else None
         self._trainable_head: dict[str, torch.Tensor] | None = None
-        self._base: BaseTensors | None = None
+        self._callback_attached = False  # set by MaskingCallback when a Trainer trains this model
+        self._warned_no_callback = False
 
     # ----- passthrough -------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -120,10 +171,26 @@ class MaskedModel(nn.Module):
         except AttributeError:
             if name == "model":
                 raise
+            if name in PEFT_EQUIVALENTS:  # transformers' own adapter methods would answer otherwise
+                raise AttributeError(
+                    f"{type(self).__name__} has no {name!r} (a PEFT adapter method); with masks use "
+                    f"{PEFT_EQUIVALENTS[name]}."
+                ) from None
             return getattr(self.model, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    def _warn_if_trained_without_callback(self) -> None:
+        if self.training and self._trainable and not self._callback_attached and not self._warned_no_callback:
+            self._warned_no_callback = True
+            warnings.warn(
+                "Training a MaskedModel without MaskingCallback: with transformers.Trainer pass "
+                "callbacks=[MaskingCallback()], or weight decay pulls the mask scores below the threshold and no "
+                "sparsity is logged. In your own loop, give the scores weight_decay=0.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def get_base_model(self) -> nn.Module:
         """The wrapped transformers model (its masked layers included)."""
@@ -143,6 +210,11 @@ class MaskedModel(nn.Module):
         return type(self.model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
     # ----- the masked layers -------------------------------------------------------------
+    @property
+    def targets(self) -> ResolvedTargets:
+        """The masked modules (and block layout) of the active task model."""
+        return self._tasks[self._active_task].targets
+
     def masked_modules(self) -> dict[str, MaskedLinear]:
         """Masked layers by their name in the wrapped model."""
         return {name: self.model.get_submodule(name) for name in self.targets.modules}
@@ -202,18 +274,22 @@ class MaskedModel(nn.Module):
         Defaults to every parameter and buffer outside the pretrained backbone that is not tied to
         it; ``MaskingConfig.modules_to_save`` names the modules explicitly instead.
         """
-        explicit = self.masking_config.modules_to_save
-        prefix = backbone_prefix(self.model)
-        backbone_ids = {id(t) for t in getattr(self.model, prefix).parameters()} if prefix else set()
-        transient = _non_persistent_buffers(self.model)
+        return self._head_names(self._tasks[self._active_task])
+
+    @staticmethod
+    def _head_names(task: _Task) -> list[str]:
+        model = task.model
+        prefix = backbone_prefix(model)
+        backbone_ids = {id(t) for t in getattr(model, prefix).parameters()} if prefix else set()
+        transient = _non_persistent_buffers(model)
         names = []
-        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if name.endswith("mask_scores") or name in transient:
                 continue
-            if explicit is not None:
-                if any(name.startswith(m + ".") for m in explicit):
+            if task.modules_to_save is not None:
+                if any(name.startswith(m + ".") for m in task.modules_to_save):
                     names.append(name)
-            elif name.split(".", 1)[0] in self.targets.head_prefixes and id(tensor) not in backbone_ids:
+            elif name.split(".", 1)[0] in task.targets.head_prefixes and id(tensor) not in backbone_ids:
                 names.append(name)
         return names
 
@@ -227,14 +303,23 @@ class MaskedModel(nn.Module):
         The frozen base weights are not repeated, so Trainer checkpoints stay small; the full
         base state is ``get_base_model().state_dict()``.
         """
+        if self._active_task != self._primary:
+            raise RuntimeError(
+                f"The active mask {self._active!r} has another head than the wrapped model; state_dict() describes "
+                "the wrapped model's own mask: set_active_mask to one of its masks first."
+            )
         full = super().state_dict(prefix=prefix, keep_vars=keep_vars)
         out = destination if destination is not None else OrderedDict()
         for key in self._masking_state_keys():
             out[prefix + key] = full[prefix + key]
+        # What the mask is on (config, base, head class, fingerprint): a Trainer's model.safetensors
+        # of this state dict is then a mask that from_pretrained and --mask_from load.
+        out[prefix + repo_format.RECORD_KEY] = repo_format.record_tensor(self._record())
         return out
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> _IncompatibleKeys:
         """Load scores and head; base weights missing from ``state_dict`` are expected, not an error."""
+        state_dict = {k: v for k, v in state_dict.items() if k != repo_format.RECORD_KEY}
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         expected = set(self._masking_state_keys())
         missing = [k for k in result.missing_keys if k in expected]
@@ -265,6 +350,30 @@ class MaskedModel(nn.Module):
             if module.bias is not None:
                 memo[id(module.bias)] = layer.bias
         return copy.deepcopy(self.model, memo)
+
+    def merge_and_unload(self) -> nn.Module:
+        """PEFT's name for `merge`: the plain transformers model with the active mask baked in."""
+        return self.merge()
+
+    @contextlib.contextmanager
+    def disable_masks(self) -> Iterator[MaskedModel]:
+        """Compute with the unmasked base inside the block, like PEFT's ``disable_adapter()``.
+
+        The active mask (and the head it came with) is back afterwards, exactly as before.
+        """
+        modules = self.masked_modules()
+        applied = {name: (m.fixed_positions, m.fixed_minority) for name, m in modules.items()}
+        for module in modules.values():
+            module.set_fixed_mask(None)
+            module.disabled = True
+        try:
+            yield self
+        finally:
+            for name, module in modules.items():
+                module.disabled = False
+                positions, minority = applied[name]
+                if positions is not None:
+                    module.set_fixed_mask(positions, minority)
 
     def unload(self) -> nn.Module:
         """Put the original linear layers back and return the unmasked base model (scores dropped)."""
@@ -298,8 +407,10 @@ class MaskedModel(nn.Module):
     ) -> None:
         """Load another mask of the same base, kept compressed until `set_active_mask(name)`.
 
-        Refused, with the first mismatch named, when the mask was trained on another base or
-        for a head of another shape.
+        A mask may carry another head (another label set, or another task type of the same
+        backbone, e.g. token classification next to sequence classification): it then gets a task
+        model of its own around the same resident backbone. Refused, with the first mismatch
+        named, when the mask was trained on another base.
         """
         if name in self.mask_names:
             raise ValueError(f"A mask named {name!r} is already loaded; delete_mask({name!r}) first.")
@@ -307,25 +418,99 @@ class MaskedModel(nn.Module):
             stored = repo_or_path
         else:
             stored = read_mask_repo(repo_or_path, revision, token)
-        self._check_compatible(stored)
+        key = self._task_for(stored)
+        try:
+            self._check_compatible(stored, self._tasks[key])
+        except BaseException:
+            self._drop_unused_tasks()
+            raise
         self._stored[name] = stored
+        self._mask_task[name] = key
 
-    def _check_compatible(self, stored: StoredMask) -> None:
+    def _task_for(self, stored: StoredMask) -> tuple:
+        """The task (head layout) a stored mask runs in, building a task model around the backbone if new."""
+        key = _layout(stored.record["head_class"], stored.head)
+        if key in self._tasks:
+            return key
+        primary = self._tasks[self._primary].model
         record = stored.record
-        head_class = type(self.model).__name__
+        if record["head_class"] == type(primary).__name__:
+            shapes = dict(self._primary[1])
+            if all(shapes.get(n, shape) == shape for n, shape in key[1]):
+                return self._primary  # the wrapped model's own head: the checks name anything amiss
+        head_cls = head_class_for(record["head_class"])
+        prefix = backbone_prefix(primary)
+        backbone = getattr(primary, prefix) if prefix else None
+        config = copy.deepcopy(primary.config)
+        labels = record["label_config"]
+        if "num_labels" in labels:
+            config.num_labels = labels["num_labels"]
+        if "id2label" in labels:
+            config.id2label = {int(k): v for k, v in labels["id2label"].items()}
+        if "label2id" in labels:
+            config.label2id = dict(labels["label2id"])
+        config.problem_type = labels.get("problem_type")
+        try:
+            with torch.device("meta"):
+                task_model = head_cls(config)
+        except Exception as err:  # a head class whose config this base's config cannot be
+            raise BaseModelMismatchError(
+                f"The mask was trained on a {record['head_class']}, which cannot be built on this "
+                f"{type(primary).__name__}'s base ({type(err).__name__}: {err})."
+            ) from err
+        if (
+            backbone is None
+            or backbone_prefix(task_model) != prefix
+            or type(getattr(task_model, prefix)) is not type(backbone)
+        ):
+            raise BaseModelMismatchError(
+                f"The mask was trained on a {record['head_class']} ({record.get('model_type')}); this model is a "
+                f"{type(primary).__name__} ({getattr(primary.config, 'model_type', None)}), with another backbone."
+            )
+        natural = {n for n, _ in task_model.named_parameters()} | {n for n, _ in task_model.named_buffers()}
+        setattr(task_model, prefix, backbone)
+        present = {n for n, _ in task_model.named_parameters()} | {n for n, _ in task_model.named_buffers()}
+        if natural - present:
+            raise BaseModelMismatchError(
+                f"A {record['head_class']} needs {sorted(natural - present)[0]}, which this base lacks: load the mask "
+                "on its own base model."
+            )
+        reference = next(backbone.parameters())
+        for child_name, child in task_model.named_children():
+            if child_name != prefix:
+                child.to_empty(device=reference.device)
+                child.to(dtype=reference.dtype) if reference.is_floating_point() else None
+        task_model.eval()
+        targets = resolve_targets(task_model, stored.config, record["masked_modules"])
+        binarize = make_binarizer("threshold", 0.0, 0.5)  # unused: loaded masks are fixed
+        for module_name in targets.modules:
+            module = task_model.get_submodule(module_name)
+            if not isinstance(module, MaskedLinear):  # the head's layers, or backbone layers masked only here
+                task_model.set_submodule(module_name, MaskedLinear(module, binarize, None))
+        self._tasks[key] = _Task(task_model, targets, stored.config.modules_to_save, natural)
+        return key
+
+    def _drop_unused_tasks(self) -> None:
+        used = {self._primary, self._active_task, *self._mask_task.values()}
+        for key in [k for k in self._tasks if k not in used]:
+            del self._tasks[key]
+
+    def _check_compatible(self, stored: StoredMask, task: _Task) -> None:
+        record = stored.record
+        head_class = type(task.model).__name__
         if record["head_class"] != head_class:
             raise BaseModelMismatchError(
                 f"The mask was trained on a {record['head_class']} ({record.get('model_type')}); this model is a "
-                f"{head_class} ({getattr(self.model.config, 'model_type', None)})."
+                f"{head_class} ({getattr(task.model.config, 'model_type', None)})."
             )
-        difference = sorted(set(record["masked_modules"]) ^ set(self.targets.modules))
+        difference = sorted(set(record["masked_modules"]) ^ set(task.targets.modules))
         if difference:
             raise BaseModelMismatchError(
                 f"The mask covers other layers than this model masks (first difference: {difference[0]}); "
                 "the base model has another number of blocks or another masking config."
             )
-        check_fingerprint(self._base_tensors(), record["base_fingerprint"])
-        own = self._head_tensors()
+        check_fingerprint(self._base_tensors(task), record["base_fingerprint"])
+        own = self._head_tensors(task)
         extra = [name for name in stored.head if name not in own]
         if extra:
             raise BaseModelMismatchError(
@@ -342,7 +527,7 @@ class MaskedModel(nn.Module):
             if tuple(target.shape) != tuple(value.shape):
                 raise BaseModelMismatchError(
                     f"The mask's head tensor {tensor_name} has shape {list(value.shape)} but this model's has "
-                    f"{list(target.shape)}: masks with other label sets need their own model."
+                    f"{list(target.shape)}."
                 )
             if target.is_floating_point() != value.is_floating_point() or (
                 not target.is_floating_point() and target.dtype != value.dtype
@@ -350,7 +535,7 @@ class MaskedModel(nn.Module):
                 raise MaskRepoError(
                     f"The mask's head tensor {tensor_name} is {value.dtype}; this model's is {target.dtype}."
                 )
-        modules = self.masked_modules()
+        modules = {name: task.model.get_submodule(name) for name in task.targets.modules}
         for name, encoded in stored.masks.items():
             if tuple(encoded.shape) != tuple(modules[name].weight.shape):
                 raise BaseModelMismatchError(
@@ -359,7 +544,7 @@ class MaskedModel(nn.Module):
                 )
 
     def set_active_mask(self, name: str) -> None:
-        """Compute with mask `name` from now on; the base stays resident, no weight is reloaded.
+        """Compute with mask `name` (and its head) from now on; the base stays resident, no weight is reloaded.
 
         All or nothing: if anything fails part-way, the model is left exactly as it was.
         """
@@ -372,23 +557,33 @@ class MaskedModel(nn.Module):
             for module_name, encoded in stored.masks.items():
                 decoded, minority, _ = codec.decode_positions(encoded.data)
                 positions[module_name] = (torch.from_numpy(decoded), minority)
+        current = self._tasks[self._active_task]
+        target_key = self._primary if trainable else self._mask_task[name]
+        target = self._tasks[target_key]
         modules = self.masked_modules()
         previous = {n: (m.fixed_positions, m.fixed_minority) for n, m in modules.items()}
-        own = self._head_tensors()  # one walk over the model's tensors per switch
+        own = self._head_tensors(current)
         head_before: dict[str, torch.Tensor] | None = None
         try:
             for module in modules.values():
                 module.set_fixed_mask(None)  # original weights back before the head is read or changed
             head_before = {n: t.detach().clone() for n, t in own.items()}
+            if target is not current:
+                _align_head(target.model)
+                self.model = target.model
             new_head = (self._trainable_head or {}) if trainable else stored.head
+            target_head = self._head_tensors(target)
             with torch.no_grad():
                 for tensor_name, value in new_head.items():
-                    own[tensor_name].copy_(value)
+                    target_head[tensor_name].copy_(value)
+            target_modules = {n: target.model.get_submodule(n) for n in target.targets.modules}
             for module_name, (decoded, minority) in positions.items():
-                modules[module_name].set_fixed_mask(decoded, minority)
+                target_modules[module_name].set_fixed_mask(decoded, minority)
         except BaseException:
-            for module in modules.values():
-                module.set_fixed_mask(None)
+            for task in (target, current):
+                for module_name in task.targets.modules:
+                    task.model.get_submodule(module_name).set_fixed_mask(None)
+            self.model = current.model
             with torch.no_grad():
                 for tensor_name, value in (head_before or {}).items():
                     own[tensor_name].copy_(value)
@@ -399,26 +594,31 @@ class MaskedModel(nn.Module):
         if self._active == TRAINABLE_MASK:
             self._trainable_head = head_before
         self._active = name
+        self._active_task = target_key
 
     def delete_mask(self, name: str) -> None:
-        """Forget a loaded mask (not the active one)."""
+        """Forget a loaded mask (not the active one), and its head's task model if no other mask uses it."""
         if name == self._active:
             raise ValueError(f"Mask {name!r} is active; switch to another with set_active_mask first.")
         if name == TRAINABLE_MASK and self._trainable:
             raise ValueError("The trainable mask cannot be deleted.")
         self._stored_mask(name)  # a clear KeyError for unknown names
         del self._stored[name]
+        del self._mask_task[name]
+        self._drop_unused_tasks()
 
-    def _head_tensors(self) -> dict[str, torch.Tensor]:
-        own = dict([*self.model.named_parameters(), *self.model.named_buffers()])
-        return {name: own[name] for name in self.head_tensor_names()}
+    def _head_tensors(self, task: _Task | None = None) -> dict[str, torch.Tensor]:
+        task = task or self._tasks[self._active_task]
+        own = dict([*task.model.named_parameters(), *task.model.named_buffers()])
+        return {name: own[name] for name in self._head_names(task)}
 
     # ----- the tiny repo -----------------------------------------------------------------
-    def _base_tensors(self) -> BaseTensors:
+    def _base_tensors(self, task: _Task | None = None) -> BaseTensors:
         """The base tensors a fingerprint covers (head excluded), digests cached: the base is frozen."""
-        if self._base is None:
-            self._base = BaseTensors(self.model, set(self.head_tensor_names()))
-        return self._base
+        task = task or self._tasks[self._active_task]
+        if task.base is None:
+            task.base = BaseTensors(task.model, set(self._head_names(task)), task.natural, self._digests)
+        return task.base
 
     def _record(self) -> dict[str, Any]:
         from . import __version__
@@ -538,9 +738,15 @@ class MaskedModel(nn.Module):
         revision: str | None = None,
         token: str | bool | None = None,
         base_model: str | nn.Module | None = None,
+        is_trainable: bool = False,
         **base_kwargs: Any,
     ) -> MaskedModel:
         """Rebuild a masked model from a mask repo (Hub id or folder), ready for inference.
+
+        With ``is_trainable=True`` (as in PEFT) the mask trains on from exactly where it was saved:
+        a repo keeps the mask, not the scores, so scores are re-derived from it (see
+        `scores_for_mask`), and the first step starts from the saved mask. A Trainer checkpoint
+        keeps the fp32 scores themselves: ``resume_from_checkpoint`` continues from those.
 
         The base comes from the repo's recorded base id at its pinned revision, unless
         `base_model` names another copy (a local folder, another id) or passes a loaded model;
@@ -564,11 +770,55 @@ class MaskedModel(nn.Module):
                 )
         else:
             base = _load_base(stored.record, base_model, token, base_kwargs)
-        masked = cls(base, stored.config, trainable=False, masked_modules=stored.record["masked_modules"])
+        masked = cls(base, stored.config, trainable=is_trainable, masked_modules=stored.record["masked_modules"])
+        if is_trainable:
+            masked._continue_from(stored)
+            return masked
         masked.load_mask(stored, TRAINABLE_MASK)
         masked.set_active_mask(TRAINABLE_MASK)
         return masked.eval()
 
+    def _continue_from(self, stored: StoredMask) -> None:
+        """Make the trainable mask and head those of `stored` (checked like any loaded mask)."""
+        self._check_compatible(stored, self._tasks[self._primary])
+        binarize = make_binarizer(
+            self.masking_config.binarizer, self.masking_config.threshold, self.masking_config.initial_sparsity
+        )
+        for name, module in self.masked_modules().items():
+            saved = codec.decode(stored.masks[name]).to(module.weight.device)
+            if stored.scores is not None:  # a Trainer checkpoint: its exact fp32 scores
+                scores = stored.scores[name].to(module.weight.device)
+            else:
+                scores = scores_for_mask(module.mask_scores.detach(), saved, self.masking_config)
+            if not torch.equal(binarize(scores), saved):
+                raise MaskRepoError(
+                    f"The saved mask of {name} cannot be continued with binarizer {self.masking_config.binarizer!r} "
+                    "(a top-k mask must keep its fixed fraction of weights)."
+                )
+            with torch.no_grad():
+                module.mask_scores.copy_(scores)
+        own = self._head_tensors()
+        with torch.no_grad():
+            for tensor_name, value in stored.head.items():
+                own[tensor_name].copy_(value)
+
+
+# PEFT methods a MaskedModel has no equivalent of by that name, and what to use instead.
+PEFT_EQUIVALENTS = {
+    "set_adapter": "set_active_mask(name)",
+    "load_adapter": "load_mask(repo_or_path, name)",
+    "add_adapter": "load_mask(repo_or_path, name) for a trained mask, or a new MaskedModel to train one",
+    "delete_adapter": "delete_mask(name)",
+    "disable_adapter": "the context manager disable_masks()",
+    "disable_adapters": "the context manager disable_masks()",
+    "enable_adapters": "the end of a disable_masks() block",
+    "active_adapter": "active_mask",
+    "active_adapters": "active_mask",
+    "get_nb_trainable_parameters": "num_trainable_parameters()",
+    "peft_config": "masking_config",
+    "get_adapter_state_dict": "to_stored_mask()",
+    "add_weighted_adapter": "MaskEnsemble(model, names, combine=...)",
+}
 
 # Options of a base's `from_pretrained` that say how to load it, never what to load.
 BASE_LOADING_KWARGS = frozenset(
@@ -586,6 +836,24 @@ BASE_LOADING_KWARGS = frozenset(
         "trust_remote_code",
     }
 )
+
+
+def _layout(head_class: str, head: dict[str, torch.Tensor]) -> tuple:
+    """What decides whether two masks can share a task model: the head class and its tensors' shapes."""
+    return (head_class, tuple(sorted((name, tuple(t.shape)) for name, t in head.items())))
+
+
+def _align_head(model: nn.Module) -> None:
+    """Move a task model's head to its backbone's device and dtype (the model may have moved since)."""
+    prefix = backbone_prefix(model)
+    reference = next(getattr(model, prefix).parameters())
+    for child_name, child in model.named_children():
+        if child_name == prefix:
+            continue
+        for tensor in child.parameters():
+            if tensor.device != reference.device or tensor.dtype != reference.dtype:
+                child.to(device=reference.device, dtype=reference.dtype)
+                break
 
 
 def _non_persistent_buffers(model: nn.Module) -> set[str]:

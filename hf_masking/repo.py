@@ -47,6 +47,12 @@ _MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _MAX_DIM = 2**40
 
 
+# A MaskedModel's state dict (what Trainer.save_model and checkpoints write, as model.safetensors)
+# carries the repo record under this key, so a Trainer's own output folder is a loadable mask.
+RECORD_KEY = "hf_masking_record"
+STATE_FILE = "model.safetensors"
+
+
 @dataclass
 class StoredMask:
     """A mask as it is kept on disk and, compressed, in memory for switching."""
@@ -54,6 +60,7 @@ class StoredMask:
     record: dict[str, Any]  # masking_config.json, validated
     masks: dict[str, codec.EncodedMask]  # module name -> compressed mask
     head: dict[str, torch.Tensor]  # tensor name in the wrapped model -> value
+    scores: dict[str, torch.Tensor] | None = None  # fp32 scores, when read from a Trainer checkpoint
 
     @property
     def config(self) -> MaskingConfig:
@@ -216,8 +223,11 @@ def _validate_fingerprint(value: Any, check: _Fields) -> None:
             check.str(digest, f"{field}.sha256.{dtype}", _HEX64, 64)
 
 
-def validate_record(record: Any, path: str) -> dict[str, Any]:
-    """Check every field of a parsed masking_config.json; returns it unchanged."""
+def validate_record(record: Any, path: str, bound: bool = True) -> dict[str, Any]:
+    """Check every field of a parsed masking_config.json; returns it unchanged.
+
+    `bound=False` for the record inside a Trainer state dict, which has no weights file to bind.
+    """
     check = _Fields(path)
     if not isinstance(record, dict):
         raise MaskRepoError(f"{path}: expected a JSON object, got {type(record).__name__}.")
@@ -227,7 +237,7 @@ def validate_record(record: Any, path: str) -> dict[str, Any]:
         raise MaskRepoError(
             f"{path}: format_version {version!r}{older}; this version of hf-masking reads format {FORMAT_VERSION}."
         )
-    check.keys(record, "", _RECORD_FIELDS)
+    check.keys(record, "", _RECORD_FIELDS if bound else _RECORD_FIELDS[:-1])
     check.str(record["hf_masking_version"], "hf_masking_version", max_len=64)
     config = check.dict(record["masking_config"], "masking_config")
     try:
@@ -250,7 +260,8 @@ def validate_record(record: Any, path: str) -> dict[str, Any]:
     if len(set(modules)) != len(modules):
         raise check.fail("masked_modules", "names a module twice")
     _validate_fingerprint(record["base_fingerprint"], check)
-    check.str(record["weights_sha256"], "weights_sha256", _HEX64, 64)
+    if bound:
+        check.str(record["weights_sha256"], "weights_sha256", _HEX64, 64)
     return record
 
 
@@ -265,12 +276,12 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_config(data: bytes, path: str) -> dict[str, Any]:
+def parse_config(data: bytes, path: str, bound: bool = True) -> dict[str, Any]:
     try:
         record = json.loads(data.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise MaskRepoError(f"{path} is not valid JSON ({type(err).__name__}: {err}).") from err
-    return validate_record(record, path)
+    return validate_record(record, path, bound)
 
 
 # ----- reading: the weights --------------------------------------------------------------
@@ -382,11 +393,63 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
     return StoredMask(record=record, masks=masks, head=head)
 
 
+def record_tensor(record: dict[str, Any]) -> torch.Tensor:
+    """The record as a uint8 tensor, to travel inside a state dict."""
+    return torch.frombuffer(bytearray(_canonical(record)), dtype=torch.uint8)
+
+
+def read_trainer_state(directory: str) -> StoredMask | None:
+    """The mask in a folder written by ``Trainer.save_model`` or a Trainer checkpoint, or None if it has none.
+
+    The state dict holds the fp32 scores (kept, for exact continuation), the head and the record;
+    the mask is what the scores binarize to.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from .binarizer import make_binarizer
+
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            if RECORD_KEY not in handle.keys():
+                return None
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise MaskRepoError(f"{path} is truncated or corrupted ({type(err).__name__}: {err}).") from err
+    raw = tensors.pop(RECORD_KEY)
+    if raw.dtype != torch.uint8 or raw.dim() != 1:
+        raise MaskRepoError(f"{path}: tensor {RECORD_KEY!r} is not the UTF-8 bytes of a record.")
+    record = parse_config(raw.numpy().tobytes(), f"{path} ({RECORD_KEY})", bound=False)
+    config = MaskingConfig.from_dict(record["masking_config"])
+    binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
+    masks, scores = {}, {}
+    for name in record["masked_modules"]:
+        value = tensors.pop(f"model.{name}.mask_scores", None)
+        if value is None or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise MaskRepoError(f"{path} has no finite scores for {name}, which its record lists.")
+        scores[name] = value.float()
+        masks[name] = codec.encode(binarize(scores[name]))
+    head = {}
+    for key, value in tensors.items():
+        if not key.startswith("model.") or key.endswith(".mask_scores"):
+            raise MaskRepoError(f"{path} holds a tensor {key!r} that is neither listed scores nor a head tensor.")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise MaskRepoError(f"{path}: head tensor {key[len('model.') :]!r} holds NaN or infinity.")
+        head[key[len("model.") :]] = value
+    return StoredMask(record=record, masks=masks, head=head, scores=scores)
+
+
 def read_folder(directory: str) -> StoredMask:
-    """Read and check a mask repo folder (mid-save too: see `atomic_save`)."""
+    """Read and check a mask repo folder (mid-save too: see `atomic_save`), or a Trainer's output folder."""
     from .atomic_save import read_current
 
     config = read_current(directory, CONFIG_NAME)
+    if config is None:
+        from_trainer = read_trainer_state(directory)
+        if from_trainer is not None:
+            return from_trainer
     weights = read_current(directory, WEIGHTS_NAME)
     for name, data in ((CONFIG_NAME, config), (WEIGHTS_NAME, weights)):
         if data is None:

@@ -39,7 +39,9 @@ def _learning_rate_given(json_file: str | None) -> bool:
 
 def set_masking_learning_rate(training_args: TrainingArguments, masking_args: Any, given: bool) -> None:
     """With masking, replace the Trainer's finetuning default (5e-5) and warn about finetuning-sized rates."""
-    if masking_args is None or masking_args.no_masking or masking_args.lora_r or masking_args.mask_from:
+    if masking_args is None or masking_args.no_masking or masking_args.lora_r:
+        return
+    if masking_args.mask_from and not training_args.do_train:
         return
     if not given:
         training_args.learning_rate = DEFAULT_MASKING_LEARNING_RATE
@@ -97,7 +99,7 @@ def train_and_save(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) 
 
 
 def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingArguments) -> nn.Module:
-    """Finetune as is (`--no_masking`), evaluate a saved mask (`--mask_from`), or wrap for masking.
+    """Finetune as is (`--no_masking`), evaluate or train on a saved mask (`--mask_from`), or wrap for masking.
 
     A mask repo is checked against the base given by --model_name_or_path here, before any work.
     """
@@ -108,9 +110,15 @@ def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingAr
     if masking_args.no_masking:
         return model
     if masking_args.mask_from:
-        if training_args.do_train:
-            raise ValueError("--mask_from loads a finished mask for evaluation; drop --do_train or --mask_from.")
-        return MaskedModel.from_pretrained(masking_args.mask_from, base_model=model)
+        if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+            raise ValueError(
+                "--mask_from needs something to do with the mask: --do_eval or --do_predict to evaluate it, "
+                "--do_train to train it further."
+            )
+        # With --do_train the saved mask trains on from exactly where it was (is_trainable).
+        return MaskedModel.from_pretrained(
+            masking_args.mask_from, base_model=model, is_trainable=training_args.do_train
+        )
     masked = MaskedModel(model, masking_args.to_masking_config(default_seed=training_args.seed))
     trainable, total = masked.num_trainable_parameters()
     logger.info(f"Masking {len(masked.targets.modules)} layers: {trainable:,} trainable scores, {total:,} parameters")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .config import MaskingConfig
+from .config import ALL_LINEAR, MaskingConfig
 from .errors import BaseModelMismatchError
 from .layers import MASKABLE_TYPES
 
@@ -49,9 +49,13 @@ class ResolvedTargets:
     head_prefixes: list[str]  # top-level children outside the pretrained backbone
 
     def block_of(self, module_name: str) -> int | None:
-        if self.block_prefix is None or not module_name.startswith(self.block_prefix + "."):
-            return None
-        return int(module_name[len(self.block_prefix) + 1 :].split(".", 1)[0])
+        return _block_index(module_name, self.block_prefix)
+
+
+def _block_index(name: str, block_prefix: str | None) -> int | None:
+    if block_prefix is None or not name.startswith(block_prefix + "."):
+        return None
+    return int(name[len(block_prefix) + 1 :].split(".", 1)[0])
 
 
 def _listing(names: list[str], limit: int = 60) -> str:
@@ -76,10 +80,22 @@ def backbone_prefix(model: nn.Module) -> str | None:
     return None
 
 
+def is_language_model_head(model: nn.Module) -> bool:
+    """Whether the model's head produces vocabulary logits (causal or masked LM): pretrained with the base."""
+    get = getattr(model, "get_output_embeddings", None)
+    try:
+        return get is not None and isinstance(get(), nn.Module)
+    except (AttributeError, NotImplementedError):
+        return False
+
+
 def head_prefixes(model: nn.Module) -> list[str]:
-    """Top-level children that are not the backbone: the task head that the base checkpoint lacks."""
+    """Top-level children that are not the backbone: the task head that the base checkpoint lacks.
+
+    A language-model head (``lm_head``, tied or not) is in the base checkpoint: it is base, not head.
+    """
     prefix = backbone_prefix(model)
-    if prefix is None:
+    if prefix is None or is_language_model_head(model):
         return []
     return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
 
@@ -97,7 +113,9 @@ def _explicit_targets(model: nn.Module, modules: list[str]) -> list[str]:
 
     Used when loading a repo, whose list is authoritative: no pattern from the repo is ever matched.
     """
-    maskable = {name for name, module in model.named_modules() if isinstance(module, MASKABLE_TYPES)}
+    from .layers import MaskedLinear
+
+    maskable = {name for name, m in model.named_modules() if isinstance(m, (*MASKABLE_TYPES, MaskedLinear))}
     for name in modules:
         if name not in maskable:
             try:
@@ -158,24 +176,43 @@ def resolve_targets(model: nn.Module, config: MaskingConfig, modules: list[str] 
     else:
         layers = list(range(min(NUM_UNMASKED_BOTTOM_BLOCKS, num_blocks), num_blocks))
 
-    if num_blocks:
+    targets = config.target_modules
+    if isinstance(targets, str) and targets != ALL_LINEAR:  # one regex over full names, as in PEFT
+        chosen = set(layers)
+        for name in maskable:
+            if re.fullmatch(targets, name):
+                block = _block_index(name, block_prefix)
+                if block is None or block in chosen:
+                    selected.append(name)
+        if not selected:
+            raise ValueError(
+                f"MaskingConfig.target_modules={targets!r} matches no linear module of {type(model).__name__} in "
+                f"blocks {sorted(chosen)}; its linear modules are: {_listing(maskable)}."
+            )
+    elif num_blocks:
         in_block: list[str] = []
         for name in maskable:
             if name.startswith(f"{block_prefix}.0."):
                 in_block.append(name[len(f"{block_prefix}.0.") :])
-        suffixes = config.target_modules or DEFAULT_BLOCK_TARGETS.get(model_type or "", in_block)
-        missing = [s for s in suffixes if s not in in_block]
-        if missing:
-            raise ValueError(
-                f"MaskingConfig.target_modules: {missing[0]!r} is not a linear module of a {type(model).__name__} "
-                f"block; the linear modules of a block are: {_listing(in_block)}."
-            )
+        if targets == ALL_LINEAR:
+            suffixes = in_block
+        else:
+            suffixes = []
+            for entry in targets or DEFAULT_BLOCK_TARGETS.get(model_type or "", in_block):
+                matches = [r for r in in_block if r == entry or r.endswith("." + entry)]
+                if not matches:
+                    raise ValueError(
+                        f"MaskingConfig.target_modules: {entry!r} is not a linear module of a {type(model).__name__} "
+                        f"block, nor a suffix of one; the linear modules of a block are: {_listing(in_block)}."
+                    )
+                suffixes += [m for m in matches if m not in suffixes]
         for index in sorted(layers):
             selected += [f"{block_prefix}.{index}.{suffix}" for suffix in suffixes]
-    elif config.target_modules:
+    elif targets:
         raise ValueError(
-            f"MaskingConfig.target_modules={config.target_modules!r} is invalid: no list of transformer blocks "
-            f"was found in {type(model).__name__}; use extra_patterns with full module names: {_listing(maskable)}."
+            f"MaskingConfig.target_modules={targets!r} is invalid: no list of transformer blocks was found in "
+            f"{type(model).__name__}; use a regular expression over full module names, or extra_patterns: "
+            f"{_listing(maskable)}."
         )
 
     heads = head_prefixes(model)

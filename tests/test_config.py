@@ -41,7 +41,7 @@ def test_json_round_trip(tmp_path):
         ({"binarizer": "sigmoid"}, "binarizer", "['threshold', 'topk']"),
         ({"layers": [-1, 2]}, "layers", "non-negative"),
         ({"layers": [2, 2]}, "layers", "must not repeat"),
-        ({"target_modules": "query"}, "target_modules", "list of non-empty strings"),
+        ({"target_modules": ["query", ""]}, "target_modules", "list of non-empty strings"),
         ({"extra_patterns": ["(unclosed"]}, "extra_patterns", "not a regular expression"),
         ({"seed": 1.5}, "seed", "integer"),
         ({"mask_pooler": "yes"}, "mask_pooler", "true or false"),

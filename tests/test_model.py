@@ -185,7 +185,7 @@ def test_passthrough_sparsity_report_and_state_dict():
     assert set(report["blocks"]) == {2, 3}
     assert set(report["modules"]) == set(model.targets.modules)
     keys = set(model.state_dict())
-    assert all(k.endswith("mask_scores") or k.startswith("model.classifier.") for k in keys)
+    assert all(k.endswith("mask_scores") or k.startswith("model.classifier.") or k == "hf_masking_record" for k in keys)
     assert "model.classifier.weight" in keys and "model.bert.embeddings.word_embeddings.weight" not in keys
     trainable, total = model.num_trainable_parameters()
     assert trainable == sum(m.weight.numel() for m in model.masked_modules().values())

@@ -3,7 +3,7 @@ import torch
 from conftest import load_quietly, random_batch, save_pretrained_base, train_a_little
 from transformers import AutoModelForSequenceClassification
 
-from hf_masking import BaseModelMismatchError, MaskedModel, MaskEnsemble, MaskingConfig
+from hf_masking import MaskedModel, MaskEnsemble, MaskingConfig
 
 
 @pytest.fixture()
@@ -60,14 +60,18 @@ def test_trainable_model_keeps_its_own_mask_and_head_across_switches(three_masks
     assert torch.equal(MaskedModel.from_pretrained(root / "saved-task1")(**random_batch()).logits, expected["task1"])
 
 
-def test_a_mask_for_another_label_set_is_refused(three_masks, tmp_path):
-    root, base_dir, _ = three_masks
+def test_a_mask_for_another_label_set_brings_its_own_head(three_masks, tmp_path):
+    root, base_dir, expected = three_masks
     binary = MaskedModel(load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=2))
-    with pytest.raises(
-        BaseModelMismatchError,
-        match="head tensor classifier.weight has shape \\[3, 32\\] but this model's has \\[2, 32\\]",
-    ):
-        binary.load_mask(root / "task0", "three-way")
+    own = binary.eval()(**random_batch()).logits
+    binary.load_mask(root / "task0", "three-way")
+    binary.set_active_mask("three-way")
+    assert torch.equal(binary(**random_batch()).logits, expected["task0"])
+    assert binary.config.num_labels == 3
+    binary.set_active_mask("default")
+    assert torch.equal(binary(**random_batch()).logits, own) and binary.config.num_labels == 2
+    with pytest.raises(ValueError, match="needs masks of one label set and head"):
+        MaskEnsemble(binary, ["default", "three-way"])
 
 
 @pytest.mark.parametrize("combine", ["logits", "probs", "labels"])

@@ -290,7 +290,7 @@ def test_missing_folders_and_unreachable_ids_say_so(repo, tmp_path):
 def test_config_values_are_range_checked():
     with pytest.raises(ValueError, match="threshold=1e\\+308 is invalid"):
         MaskingConfig(threshold=1e308)
-    for field, value in [("layers", 5), ("target_modules", "query"), ("seed", -1), ("binarizer", ["topk"])]:
+    for field, value in [("layers", 5), ("target_modules", 5), ("seed", -1), ("binarizer", ["topk"])]:
         with pytest.raises(ValueError, match=f"MaskingConfig.{field}="):
             MaskingConfig(**{field: value})
 
