@@ -40,6 +40,7 @@ from hf_masking.scripts import (
     prepare_model,
     push_outputs,
     report_against_baseline,
+    save_model_card,
     shut_down_distributed,
     train_and_save,
 )
@@ -254,6 +255,8 @@ def main():
             report_against_baseline(metrics, glue_metrics(data_args.task_name, np.full_like(labels, majority), labels))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        task = f"GLUE {data_args.task_name.upper()}" if data_args.task_name else "Text classification"
+        save_model_card(trainer, metrics, task, "nyu-mll/glue" if data_args.task_name else data_args.dataset_name)
 
     if training_args.do_predict:
         logger.info("*** Predict ***")

@@ -44,6 +44,7 @@ from hf_masking.scripts import (
     prepare_model,
     push_outputs,
     report_against_baseline,
+    save_model_card,
     shut_down_distributed,
     train_and_save,
 )
@@ -267,6 +268,7 @@ def main():
         report_against_baseline(metrics, seqeval_metrics(*tags_of(constant, labels)))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        save_model_card(trainer, metrics, "Token classification", data_args.dataset_name)
 
     if training_args.do_predict:
         logger.info("*** Predict ***")

@@ -37,6 +37,7 @@ from hf_masking.scripts import (
     prepare_model,
     push_outputs,
     report_against_baseline,
+    save_model_card,
     shut_down_distributed,
     train_and_save,
 )
@@ -167,6 +168,7 @@ def main():
         report_against_baseline(metrics, accuracy(np.full_like(labels, majority), labels))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        save_model_card(trainer, metrics, "Multiple choice", None if data_args.train_file else "allenai/swag")
 
     if training_args.push_to_hub:
         push_outputs(

@@ -91,6 +91,17 @@ def check_base_source(source: str) -> None:
     _check_repo_id(source, "base model")
 
 
+def hub_id_from_cache_path(path: str) -> tuple[str, str] | None:
+    """(repo id, commit) of a folder inside the Hugging Face cache (``models--org--name/snapshots/<commit>``)."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    commit = parts[-1]
+    if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
+        return None
+    return parts[-3][len("models--") :].replace("--", "/"), commit
+
+
 def find_cached_revision(repo_id: str | None, tensor_names: list[str], digests: Iterable[str]) -> str | None:
     """The commit of the Hub snapshot in the local cache that holds this exact base tensor.
 

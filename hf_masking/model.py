@@ -627,10 +627,13 @@ class MaskedModel(nn.Module):
         fingerprint = make_fingerprint(self._base_tensors())
         name_or_path = getattr(self.model, "name_or_path", None) or None
         revision = None
+        cached = hub.hub_id_from_cache_path(name_or_path) if name_or_path and os.path.isdir(name_or_path) else None
+        if cached is not None:  # a snapshot folder of the HF cache: record the portable id and commit
+            name_or_path, revision = cached
         first = next(
             (f"{name}.weight" for name in self.targets.modules if f"{name}.weight" in fingerprint["tensors"]), None
         )
-        if first is not None:
+        if first is not None and revision is None:
             prefix = backbone_prefix(self.model)
             names = [first]
             if prefix and first.startswith(prefix + "."):
@@ -677,9 +680,14 @@ class MaskedModel(nn.Module):
         safe_serialization: bool = True,
         is_main_process: bool = True,
         push_to_hub: bool = False,
+        card_info: dict[str, Any] | None = None,
         **push_kwargs: Any,
     ) -> None:
         """Write the tiny mask repo (config, compressed mask + head, model card) as one atomic change.
+
+        `card_info` adds what the model card can say beyond the mask itself: ``task``, ``dataset``,
+        ``pipeline_tag``, ``metrics`` and ``hyperparameters`` (the example scripts pass them after
+        evaluating).
 
         Interrupted at any instant, the folder holds the complete old repo or the complete new one.
         A README.md the user wrote is kept, with only the Hub metadata added. ``push_to_hub=True``
@@ -700,12 +708,14 @@ class MaskedModel(nn.Module):
             except UnicodeDecodeError:
                 text = ""  # not text we can edit: the user's file stays as it is
             if text != "":
-                generated = model_card.generated_card(stored.record, self.sparsity(mask_name), stored.nbytes)
+                generated = model_card.generated_card(
+                    stored.record, self.sparsity(mask_name), stored.nbytes, info=card_info
+                )
                 files[repo_format.CARD_NAME] = model_card.updated_card(text, generated, stored.record).encode()
             atomic_save.save_files(directory, files)
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", None) or os.path.basename(directory)
-            self.push_to_hub(repo_id, mask_name=mask_name, **push_kwargs)
+            self.push_to_hub(repo_id, mask_name=mask_name, card_info=card_info, **push_kwargs)
 
     def push_to_hub(
         self,
@@ -715,11 +725,12 @@ class MaskedModel(nn.Module):
         revision: str | None = None,
         commit_message: str | None = None,
         mask_name: str | None = None,
+        card_info: dict[str, Any] | None = None,
     ) -> str:
         """Upload the tiny mask repo to the Hub; returns the commit URL."""
         stored = self.to_stored_mask(mask_name)
         config_bytes, weights_bytes = repo_format.encode_repo(stored)
-        card = model_card.generated_card(stored.record, self.sparsity(mask_name), stored.nbytes, repo_id)
+        card = model_card.generated_card(stored.record, self.sparsity(mask_name), stored.nbytes, repo_id, card_info)
         files = {
             repo_format.CONFIG_NAME: config_bytes,
             repo_format.WEIGHTS_NAME: weights_bytes,

@@ -3,47 +3,105 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 # The first line of every card this package writes: a README without it is the user's and is kept.
 GENERATED_MARKER = "<!-- hf-masking: generated model card, rewritten on every save. Delete this line to keep edits. -->"
+_PIPELINE_TAGS = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForMultipleChoice": "multiple-choice",
+    "ForQuestionAnswering": "question-answering",
+    "ForCausalLM": "text-generation",
+    "LMHeadModel": "text-generation",
+}
 
 
-def _metadata(record: dict[str, Any]) -> dict[str, Any]:
+def is_hub_id(name: str | None) -> bool:
+    return bool(name) and not os.path.isabs(name) and not name.startswith((".", "~")) and name.count("/") <= 1
+
+
+def _metadata(record: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     base = record.get("base_model_name_or_path")
     data: dict[str, Any] = {"library_name": "hf-masking", "tags": ["hf-masking", "masking"]}
     if record.get("model_type"):
         data["tags"].append(record["model_type"])
-    if base and not os.path.isabs(base) and not base.startswith("."):
+    if is_hub_id(base):
         data["base_model"] = base
+    pipeline = info.get("pipeline_tag") or next(
+        (tag for suffix, tag in _PIPELINE_TAGS.items() if record["head_class"].endswith(suffix)), None
+    )
+    if pipeline:
+        data["pipeline_tag"] = pipeline
+    if info.get("dataset"):
+        data["datasets"] = [info["dataset"]]
     return data
 
 
-def generated_card(record: dict[str, Any], sparsity: dict[str, Any], nbytes: int, repo_id: str | None = None) -> str:
-    """A model card for a mask repo: what it is, how sparse each block is, how to load it."""
+def _task_title(record: dict[str, Any], info: dict[str, Any]) -> str:
+    if info.get("task"):
+        return str(info["task"])
+    words = re.sub(r"([a-z])([A-Z])", r"\1 \2", record["head_class"].split("For", 1)[-1]).lower()
+    return words[0].upper() + words[1:] if words else "Binary"
+
+
+def _table(rows: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else f"`{value}`"
+
+    return "\n".join(f"| {key} | {show(value)} |" for key, value in rows.items())
+
+
+def generated_card(
+    record: dict[str, Any],
+    sparsity: dict[str, Any],
+    nbytes: int,
+    repo_id: str | None = None,
+    info: dict[str, Any] | None = None,
+) -> str:
+    """A model card: what the mask is for and on, how well it did, how sparse it is, how to load it."""
     from huggingface_hub import ModelCardData
 
+    info = info or {}
     base = record["base_model_name_or_path"]
     revision = record.get("base_model_revision")
-    front = ModelCardData(**_metadata(record)).to_yaml()
+    front = ModelCardData(**_metadata(record, info)).to_yaml()
+    if is_hub_id(base):
+        base_line = f"[`{base}`](https://huggingface.co/{base}) at revision `{revision or 'main'}`"
+        load_note = "the base is downloaded at that revision"
+    else:
+        base_line = f"`{os.path.basename(str(base).rstrip('/')) if base else 'unknown'}`, a local folder when saved"
+        load_note = "pass `base_model=` with the path or Hub id of that base"
+    title_base = base.rsplit("/", 1)[-1] if base else "its base"
+    labels = record["label_config"].get("id2label") or {}
+    label_line = ", ".join(f"{k}: {v}" for k, v in list(labels.items())[:20]) + (" …" if len(labels) > 20 else "")
     blocks = "\n".join(f"| {block} | {value:.2%} |" for block, value in sparsity["blocks"].items())
+    sections = []
+    if info.get("metrics"):
+        sections.append("## Evaluation\n\n| metric | value |\n|---|---|\n" + _table(info["metrics"]))
+    if info.get("hyperparameters"):
+        sections.append("## Training\n\n| hyperparameter | value |\n|---|---|\n" + _table(info["hyperparameters"]))
+    extra = "\n\n".join(sections) + ("\n\n" if sections else "")
     load_id = repo_id or "path/to/this/folder"
+    masked_out = f"{sparsity['global']:.2%}"
+    dataset = f" trained on {info['dataset']}" if info.get("dataset") else ""
     return f"""---
 {front}
 ---
 {GENERATED_MARKER}
 
-# Binary mask for `{base}`
+# {_task_title(record, info)} mask for {title_base}
 
-This repo holds a learned binary mask (Zhao et al., 2020, *Masking as an Efficient Alternative to
-Finetuning for Pretrained Language Models*) over the frozen weights of `{base}`
-(revision `{revision or "not pinned"}`), plus the small task head, {nbytes / 1024:,.0f} KiB in all.
-The base weights are not copied: the base is loaded from its own repo or folder and checked
-against a fingerprint of every tensor.
+A learned binary mask{dataset} (Zhao et al., 2020, *Masking as an Efficient Alternative to
+Finetuning for Pretrained Language Models*) over the frozen weights of {base_line}, plus the small
+task head: {nbytes / 1024:,.0f} KiB in all. The base weights are not copied: {load_note}, and it
+is checked against a fingerprint of every tensor.
 
-- head: `{record["head_class"]}`
-- masked weights: {sparsity["masked_weights"]:,} in {len(record["masked_modules"])} layers
-- masked out: {sparsity["global"]:.2%} of them
+- head: `{record["head_class"]}`{f"; labels {label_line}" if label_line else ""}
+- masked weights: {sparsity["masked_weights"]:,} in {len(record["masked_modules"])} layers, {masked_out} masked out
+
+{extra}## Sparsity per block
 
 | block | masked out |
 |---|---|
@@ -56,6 +114,10 @@ from hf_masking import MaskedModel
 
 model = MaskedModel.from_pretrained("{load_id}")
 ```
+
+`transformers`' `AutoModel…from_pretrained` and `pipeline` cannot load this repo: it holds a mask,
+not weights. For plain `transformers`, save the merged model once:
+`MaskedModel.from_pretrained("{load_id}").merge().save_pretrained("merged")`.
 """
 
 
@@ -73,7 +135,7 @@ def updated_card(existing: str | None, generated: str, record: dict[str, Any]) -
         card = ModelCard(existing, ignore_metadata_errors=True)
     except ValueError:
         return existing  # front matter we cannot parse: leave the user's file exactly as it is
-    wanted = _metadata(record)
+    wanted = _metadata(record, {})
     card.data.library_name = wanted["library_name"]
     tags = list(card.data.tags or [])
     card.data.tags = tags + [t for t in wanted["tags"] if t not in tags]

@@ -174,6 +174,34 @@ def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) ->
         trainer.save_model()
 
 
+def save_model_card(trainer: Trainer, metrics: dict[str, float], task: str, dataset: str | None) -> None:
+    """After evaluating a mask trained in this run, save it again with a model card that has the results."""
+    model = trainer.model
+    if not isinstance(model, MaskedModel) or not trainer.args.do_train or not trainer.args.should_save:
+        return
+    args = trainer.args
+    config = model.masking_config
+    blocks = sorted({b for b in map(model.targets.block_of, model.targets.modules) if b is not None})
+    hyperparameters = {
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+        "max_steps": args.max_steps if args.max_steps > 0 else None,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "seed": args.seed,
+        "initial_sparsity": config.initial_sparsity,
+        "threshold": config.threshold,
+        "binarizer": config.binarizer,
+        "masked blocks": ", ".join(str(b) for b in blocks) or None,
+    }
+    info = {
+        "task": task,
+        "dataset": dataset,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and "per_second" not in k},
+        "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
+    }
+    model.save_pretrained(args.output_dir, card_info=info)
+
+
 def push_outputs(trainer: Trainer, **card_kwargs: Any) -> None:
     """`--push_to_hub`: the tiny mask repo with masking, the Trainer's usual upload otherwise."""
     model = trainer.model

@@ -50,3 +50,17 @@ def training_args(output_dir: str, **overrides) -> TrainingArguments:
 
 def scores_of(model) -> dict[str, torch.Tensor]:
     return {n: m.mask_scores.detach().clone() for n, m in model.masked_modules().items()}
+
+
+def trainer_for(model, output_dir, callbacks=None, **overrides):
+    """A stock Trainer on the toy task (MaskingCallback unless `callbacks` says otherwise)."""
+    from transformers import Trainer
+
+    from hf_masking import MaskingCallback
+
+    return Trainer(
+        model=model,
+        args=training_args(str(output_dir), **overrides),
+        train_dataset=toy_dataset(),
+        callbacks=[MaskingCallback()] if callbacks is None else callbacks,
+    )
