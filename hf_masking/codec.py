@@ -104,7 +104,7 @@ def decode_positions(data: bytes) -> tuple[np.ndarray, int, int]:
         plane = np.frombuffer(body[unary_bytes + j * plane_bytes : unary_bytes + (j + 1) * plane_bytes], np.uint8)
         remainders |= np.unpackbits(plane, count=count).astype(remainders.dtype) << j
     values |= remainders
-    positions = np.cumsum(values + 1) - 1
+    positions = np.cumsum(values + 1, dtype=index_type) - 1  # numpy would widen int32 sums to int64
     if count and positions[-1] >= numel:
         raise MaskCodecError("mask data is corrupted (positions out of range)")
     return positions, minority, numel

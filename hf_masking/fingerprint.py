@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from typing import Any
 
@@ -109,17 +108,6 @@ class BaseTensors:
         module = self._masked.get(name)
         return module.original_weight() if module is not None else self.tensors[name].detach()
 
-    def prefetch(self) -> None:
-        """Hash every tensor in its own dtype at once, on a thread per core (hashlib releases the GIL)."""
-        todo = [name for name, tensor in self.tensors.items() if (name, tensor.dtype) not in self._digests]
-        if len(todo) < 2:
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for name, digest in zip(todo, pool.map(lambda n: tensor_digest(self.value(n)), todo), strict=True):
-                self._digests[(name, self.tensors[name].dtype)] = digest
-
     def digest(self, name: str, dtype: torch.dtype | None = None) -> str:
         """Digest of tensor `name`, rounded to `dtype` if given; cached, since the base never changes."""
         dtype = dtype or self.tensors[name].dtype
@@ -131,7 +119,6 @@ class BaseTensors:
 
 def make_fingerprint(base: BaseTensors) -> dict[str, Any]:
     """The fingerprint recorded in a mask repo: per-tensor digests (and their half-precision roundings)."""
-    base.prefetch()
     tensors = {}
     for name, tensor in base.tensors.items():
         digests = {_dtype_name(tensor.dtype): base.digest(name)}
@@ -202,6 +189,7 @@ def check_fingerprint(base: BaseTensors, expected: dict[str, Any]) -> None:
             f"The base model has a tensor {extra[0]!r} that the mask's base did not have: it is another architecture "
             "or another head."
         )
-    base.prefetch()
+    # Hashed on this thread: a thread pool halved the hashing (53 -> 29 ms on MiniLM) but left glibc's
+    # allocator handing later large allocations fresh pages, tripling mask switch times.
     for name in base.tensors:
         _check_tensor(base, name, records[name])

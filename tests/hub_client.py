@@ -39,7 +39,9 @@ def push_base(workdir: str, seed: int) -> dict:
     return {"commit": info.oid, "bytes": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
 
 
-def train_and_push(workdir: str, repo_id: str, private: bool = False, revision: str | None = None) -> dict:
+def train_and_push(
+    workdir: str, repo_id: str, private: bool = False, revision: str | None = None, via_save: bool = False
+) -> dict:
     base = BertForSequenceClassification.from_pretrained("org/base", num_labels=2)
     model = MaskedModel(base, MaskingConfig(initial_sparsity=0.1))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
@@ -52,7 +54,11 @@ def train_and_push(workdir: str, repo_id: str, private: bool = False, revision: 
     model.eval()
     logits = model(**random_batch(vocab=1000, seed=99)).logits
     torch.save(logits, os.path.join(workdir, "expected_logits.pt"))
-    url = model.push_to_hub(repo_id, private=private, revision=revision)
+    if via_save:  # transformers' habit: save_pretrained(..., push_to_hub=True, repo_id=...)
+        model.save_pretrained(os.path.join(workdir, "saved"), push_to_hub=True, repo_id=repo_id, private=private)
+        url = None
+    else:
+        url = model.push_to_hub(repo_id, private=private, revision=revision)
     return {"url": url, "base_revision": model.to_stored_mask().record["base_model_revision"]}
 
 

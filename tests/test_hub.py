@@ -72,3 +72,10 @@ def test_push_to_a_branch(hub, tmp_path):
     missing_on_main = client(hub, tmp_path, "load", repo_id="alice/branchy")
     assert missing_on_main["type"] == "MaskRepoError"
     assert "'main' is not a mask repo" in missing_on_main["error"]
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_repo(hub, tmp_path):
+    client(hub, tmp_path, "push_base", token="hf_org_token", seed=0)
+    client(hub, tmp_path, "train_and_push", repo_id="alice/saved-and-pushed", via_save=True)
+    assert sorted(os.listdir(tmp_path / "saved")) == ["README.md", "mask.safetensors", "masking_config.json"]
+    assert client(hub, tmp_path, "load", token=None, repo_id="alice/saved-and-pushed")["equal"] is True

@@ -77,6 +77,44 @@ def test_sst2_files_train_a_mask_and_save_only_the_tiny_repo(tmp_path, tiny_mode
         str(out),
     )
     assert read_json(again / "eval_results.json")["eval_accuracy"] == results["eval_accuracy"]
+    assert not (again / "mask.safetensors").exists()  # evaluating writes no second copy of the mask
+
+    # The model card, saved again after evaluation, says what the mask is, how it scored, how it trained.
+    card = (out / "README.md").read_text()
+    assert "# GLUE SST2 mask for" in card and "pipeline_tag: text-classification" in card
+    assert "## Evaluation" in card and "| eval_accuracy |" in card and "| learning_rate | 0.0500 |" in card
+    assert "labels 0: negative, 1: positive" in card
+
+    # --mask_from with --do_train trains on from the saved mask; with nothing to do it is an error.
+    more = tmp_path / "more"
+    with pytest.raises(ValueError, match="--mask_from needs something to do with the mask"):
+        glue(
+            monkeypatch,
+            tiny_model,
+            more,
+            "--task_name",
+            "sst2",
+            "--train_file",
+            str(tmp_path / "train.tsv"),
+            "--mask_from",
+            str(out),
+        )
+    glue(
+        monkeypatch,
+        tiny_model,
+        more,
+        "--task_name",
+        "sst2",
+        "--train_file",
+        str(tmp_path / "train.tsv"),
+        "--do_train",
+        "--max_steps",
+        "2",
+        "--mask_from",
+        str(out),
+    )
+    assert (more / "mask.safetensors").exists()
+    assert read_json(more / "train_results.json")["train_trainable_params"] > 0
 
     # A mask whose base is not --model_name_or_path is refused before anything runs.
     other = save_tiny_model(tmp_path / "other-model", seed=1)
