@@ -13,37 +13,15 @@ import os
 import shutil
 import signal
 import sys
-import types
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import load_quietly, random_batch, save_pretrained_base, train_a_little  # noqa: E402
+from repo_tools import os_stopping_at  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from hf_masking import MaskedModel, atomic_save  # noqa: E402
-
-STEPS = ("open", "write", "fsync", "close", "rename", "replace", "rmdir", "mkdir", "unlink", "makedirs")
-
-
-def killing_os(at: int) -> types.SimpleNamespace:
-    """The os module, except that the `at`-th file-system call kills the process before it runs."""
-    count = [0]
-
-    def wrap(name):
-        real = getattr(os, name)
-
-        def call(*args, **kwargs):
-            count[0] += 1
-            if count[0] == at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-
-        return call
-
-    namespace = {name: getattr(os, name) for name in dir(os) if not name.startswith("__")}
-    namespace.update({name: wrap(name) for name in STEPS})
-    return types.SimpleNamespace(**namespace)
 
 
 def main(workdir: str) -> None:
@@ -66,7 +44,7 @@ def main(workdir: str) -> None:
         new.to_stored_mask()  # encode before forking: the child only writes
         pid = os.fork()
         if pid == 0:
-            atomic_save.os = killing_os(at)
+            atomic_save.os = os_stopping_at(at, lambda name: os.kill(os.getpid(), signal.SIGKILL))
             new.save_pretrained(folder)
             os._exit(0)
         _, status = os.waitpid(pid, 0)

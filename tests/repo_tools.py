@@ -9,11 +9,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
 
 from safetensors import safe_open
 from safetensors.torch import save
 
 from hf_masking import codec, repo
+
+FILE_SYSTEM_CALLS = ("open", "write", "fsync", "close", "rename", "replace", "rmdir", "mkdir", "unlink", "makedirs")
+
+
+def os_stopping_at(step: int, stop) -> types.SimpleNamespace:
+    """The os module, except that its `step`-th file-system call runs `stop(name)` first (raise, or kill)."""
+    count = [0]
+
+    def wrap(name):
+        real = getattr(os, name)
+
+        def call(*args, **kwargs):
+            count[0] += 1
+            if count[0] == step:
+                stop(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    namespace = {name: getattr(os, name) for name in dir(os) if not name.startswith("__")}
+    namespace.update({name: wrap(name) for name in FILE_SYSTEM_CALLS})
+    return types.SimpleNamespace(**namespace)
 
 
 def read_raw(folder) -> tuple[dict, dict, dict]:

@@ -4,10 +4,10 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 from conftest import load_quietly, save_pretrained_base
+from repo_tools import os_stopping_at
 from transformers import AutoModelForSequenceClassification
 
 from hf_masking import MaskedModel, MaskingConfig, atomic_save
@@ -26,23 +26,8 @@ class Interrupted(BaseException):
     """Stands for KeyboardInterrupt: a BaseException that no `except Exception` catches."""
 
 
-def interrupting_os(at: int) -> types.SimpleNamespace:
-    count = [0]
-
-    def wrap(name):
-        real = getattr(os, name)
-
-        def call(*args, **kwargs):
-            count[0] += 1
-            if count[0] == at:
-                raise Interrupted(name)
-            return real(*args, **kwargs)
-
-        return call
-
-    namespace = {name: getattr(os, name) for name in dir(os) if not name.startswith("__")}
-    namespace.update({n: wrap(n) for n in ("open", "write", "fsync", "close", "rename", "replace", "rmdir")})
-    return types.SimpleNamespace(**namespace)
+def interrupt(name: str) -> None:
+    raise Interrupted(name)
 
 
 def test_an_exception_at_any_step_leaves_the_old_or_the_new_files(tmp_path, monkeypatch):
@@ -51,7 +36,7 @@ def test_an_exception_at_any_step_leaves_the_old_or_the_new_files(tmp_path, monk
         folder = tmp_path / f"at-{at}"
         atomic_save.save_files(str(folder), OLD)
         (folder / "user-file.txt").write_text("mine")
-        monkeypatch.setattr(atomic_save, "os", interrupting_os(at))
+        monkeypatch.setattr(atomic_save, "os", os_stopping_at(at, interrupt))
         try:
             atomic_save.save_files(str(folder), NEW)
             finished = True

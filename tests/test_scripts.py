@@ -87,32 +87,10 @@ def test_sst2_files_train_a_mask_and_save_only_the_tiny_repo(tmp_path, tiny_mode
 
     # --mask_from with --do_train trains on from the saved mask; with nothing to do it is an error.
     more = tmp_path / "more"
+    from_saved = ["--task_name", "sst2", "--train_file", str(tmp_path / "train.tsv"), "--mask_from", str(out)]
     with pytest.raises(ValueError, match="--mask_from needs something to do with the mask"):
-        glue(
-            monkeypatch,
-            tiny_model,
-            more,
-            "--task_name",
-            "sst2",
-            "--train_file",
-            str(tmp_path / "train.tsv"),
-            "--mask_from",
-            str(out),
-        )
-    glue(
-        monkeypatch,
-        tiny_model,
-        more,
-        "--task_name",
-        "sst2",
-        "--train_file",
-        str(tmp_path / "train.tsv"),
-        "--do_train",
-        "--max_steps",
-        "2",
-        "--mask_from",
-        str(out),
-    )
+        glue(monkeypatch, tiny_model, more, *from_saved)
+    glue(monkeypatch, tiny_model, more, *from_saved, "--do_train", "--max_steps", "2")
     assert (more / "mask.safetensors").exists()
     assert read_json(more / "train_results.json")["train_trainable_params"] > 0
 
