@@ -349,6 +349,9 @@ class MaskedModel(nn.Module):
             memo[id(module.weight)] = layer.weight  # a weight tied elsewhere follows the merged one
             if module.bias is not None:
                 memo[id(module.bias)] = layer.bias
+        for module in self.model.modules():  # layers only another task's masks use: back to plain ones
+            if isinstance(module, MaskedLinear) and id(module) not in memo:
+                memo[id(module)] = module.original()
         return copy.deepcopy(self.model, memo)
 
     def merge_and_unload(self) -> nn.Module:
@@ -377,7 +380,7 @@ class MaskedModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Put the original linear layers back and return the unmasked base model (scores dropped)."""
-        for name, layer in self.masked_modules().items():
+        for name, layer in [(n, m) for n, m in self.model.named_modules() if isinstance(m, MaskedLinear)]:
             layer.set_fixed_mask(None)  # give the weight its masked-out values back
             self.model.set_submodule(name, layer.original())
         return self.model
@@ -477,9 +480,10 @@ class MaskedModel(nn.Module):
             )
         reference = next(backbone.parameters())
         for child_name, child in task_model.named_children():
-            if child_name != prefix:
+            if child_name != prefix:  # the head: real (uninitialised) memory now, its values come with the mask
                 child.to_empty(device=reference.device)
-                child.to(dtype=reference.dtype) if reference.is_floating_point() else None
+                if reference.is_floating_point():
+                    child.to(dtype=reference.dtype)
         task_model.eval()
         targets = resolve_targets(task_model, stored.config, record["masked_modules"])
         binarize = make_binarizer("threshold", 0.0, 0.5)  # unused: loaded masks are fixed

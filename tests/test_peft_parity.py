@@ -218,3 +218,20 @@ def test_a_base_from_the_hub_cache_is_recorded_by_id_and_commit(tmp_path):
     assert "base_model: org/tiny-bert" in card and "[`org/tiny-bert`](https://huggingface.co/org/tiny-bert)" in card
     assert "# Sequence classification mask for tiny-bert" in card and "pipeline_tag: text-classification" in card
     assert "AutoModel" in card and "merge().save_pretrained" in card
+
+
+def test_merging_after_another_heads_mask_gives_plain_modules(task_masks, tmp_path):
+    root, base_dir, expected = task_masks
+    torch.manual_seed(3)
+    other_layers = MaskedModel(
+        load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=6), MaskingConfig(layers=[1, 2])
+    )
+    other_layers.save_pretrained(tmp_path / "layers-1-2")
+    model = MaskedModel.from_pretrained(root / "sst2")
+    model.load_mask(tmp_path / "layers-1-2", "other-layers")  # masks block 1, which sst2's mask leaves alone
+    model.set_active_mask("other-layers")
+    assert torch.equal(model(**random_batch()).logits, other_layers.eval()(**random_batch()).logits)
+    model.set_active_mask("default")
+    merged = model.merge()
+    assert not [m for m in merged.modules() if type(m).__name__ == "MaskedLinear"]
+    torch.testing.assert_close(merged(**random_batch()).logits, expected["sst2"])
