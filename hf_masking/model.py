@@ -785,7 +785,14 @@ class MaskedModel(nn.Module):
                 )
         else:
             base = _load_base(stored.record, base_model, token, base_kwargs)
-        masked = cls(base, stored.config, trainable=is_trainable, masked_modules=stored.record["masked_modules"])
+        try:
+            masked = cls(base, stored.config, trainable=is_trainable, masked_modules=stored.record["masked_modules"])
+        except BaseModelMismatchError:
+            raise
+        except ValueError as err:  # a selection in the repo's config that this base does not have
+            raise MaskRepoError(
+                f"{repo_format.CONFIG_NAME}: field 'masking_config' does not fit this base: {err}"
+            ) from err
         if is_trainable:
             masked._continue_from(stored)
             return masked
