@@ -4,7 +4,7 @@ either the complete old set or the complete new one.
 Renaming several files one by one is not atomic, so a save is journaled inside the target folder:
 the new files are written and fsynced into a staging folder, which is then renamed to
 ``.hf-masking-pending`` in one step: the commit. Only then are the files moved into place. A
-reader (`current_path`) takes each file from the pending folder while it is there, so it sees the
+reader (`read_current`) takes each file from the pending folder while it is there, so it sees the
 complete new set from the commit on, and the complete old set before it; the next save finishes
 an interrupted move and deletes uncommitted staging folders. Staging inside the target folder
 (not its parent) keeps every rename on one file system, also when the folder is a mount point or
@@ -19,12 +19,6 @@ import tempfile
 
 PENDING = ".hf-masking-pending"
 STAGING_PREFIX = ".hf-masking-staging-"
-
-
-def current_path(directory: str, name: str) -> str:
-    """Where the current version of file `name` of `directory` is, mid-save included."""
-    pending = os.path.join(directory, PENDING, name)
-    return pending if os.path.isfile(pending) else os.path.join(directory, name)
 
 
 def read_current(directory: str, name: str) -> bytes | None:

@@ -27,6 +27,7 @@ from safetensors.torch import save as save_safetensors
 from . import codec
 from .config import MaskingConfig
 from .errors import MaskRepoError
+from .fingerprint import tensor_digest
 
 CONFIG_NAME = "masking_config.json"
 WEIGHTS_NAME = "mask.safetensors"
@@ -82,12 +83,6 @@ def binding_digest(record: dict[str, Any]) -> str:
     """sha256 of the config fields a weights file belongs to (all but the base's location)."""
     bound = {k: v for k, v in json.loads(_canonical(record)).items() if k not in (*_LOCATION_FIELDS, "weights_sha256")}
     return hashlib.sha256(_canonical(bound)).hexdigest()
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    from .fingerprint import tensor_digest as digest
-
-    return digest(tensor)
 
 
 # ----- writing ---------------------------------------------------------------------------
