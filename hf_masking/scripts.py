@@ -54,9 +54,10 @@ def set_masking_learning_rate(training_args: TrainingArguments, masking_args: An
     elif training_args.learning_rate < LOW_MASKING_LEARNING_RATE:
         logger.warning(
             f"--learning_rate {training_args.learning_rate:g} is a finetuning rate: mask scores start up to 0.57 "
-            "(0.28 on average) above the threshold and barely move at it, so the mask stays near its random start. Masking needs "
-            "rates 10-100x finetuning's (paper: 1e-4 to 1e-3 on BERT-base; our benchmark picked 4e-3 to 1.6e-2 "
-            f"on MiniLM); the scripts' default with masking is {DEFAULT_MASKING_LEARNING_RATE:g}."
+            "(0.28 on average) above the threshold and barely move at it, so the mask stays near its random "
+            "start. Masking needs rates 10-100x finetuning's (paper: 1e-4 to 1e-3 on BERT-base; our benchmark "
+            f"picked 4e-3 to 1.6e-2 on MiniLM); the scripts' default with masking is "
+            f"{DEFAULT_MASKING_LEARNING_RATE:g}."
         )
 
 
