@@ -64,6 +64,15 @@ def computation_config(model: nn.Module) -> dict[str, Any]:
     return out
 
 
+def non_persistent_buffers(model: nn.Module) -> set[str]:
+    """Names of the buffers a checkpoint does not hold (recomputed, like position ids, or masking state)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for buffer_name in getattr(module, "_non_persistent_buffers_set", ()):
+            names.add(f"{module_name}.{buffer_name}" if module_name else buffer_name)
+    return names
+
+
 class BaseTensors:
     """The tensors of a frozen base that a fingerprint covers, with their digests computed once.
 
@@ -88,10 +97,7 @@ class BaseTensors:
             for name, module in model.named_modules()
             if isinstance(module, MaskedLinear)
         }
-        non_persistent = set()
-        for module_name, module in model.named_modules():
-            for buffer_name in getattr(module, "_non_persistent_buffers_set", ()):
-                non_persistent.add(f"{module_name}.{buffer_name}" if module_name else buffer_name)
+        non_persistent = non_persistent_buffers(model)
         self.tensors: dict[str, torch.Tensor] = {}
         for name, tensor in model.named_parameters():
             if not name.endswith("mask_scores") and name not in exclude:

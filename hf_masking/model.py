@@ -25,7 +25,7 @@ from . import repo as repo_format
 from .binarizer import make_binarizer
 from .config import MaskingConfig
 from .errors import BaseModelMismatchError, MaskRepoError
-from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint
+from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint, non_persistent_buffers
 from .layers import MaskedLinear
 from .repo import StoredMask
 from .targets import ResolvedTargets, backbone_prefix, check_modules_to_save, resolve_targets
@@ -141,8 +141,6 @@ class MaskedModel(nn.Module):
         check_modules_to_save(model, config)
         self.model = model
         self.masking_config = config
-        self._primary = _layout(type(model).__name__, {})  # filled in below, once the head is known
-        self._tasks: dict[tuple, _Task] = {}
         for param in model.parameters():
             param.requires_grad_(False)
         binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
@@ -152,7 +150,7 @@ class MaskedModel(nn.Module):
             model.set_submodule(name, MaskedLinear(original, binarize, scores))
         primary = _Task(model, targets, config.modules_to_save)
         self._primary = _layout(type(model).__name__, self._head_tensors(primary))
-        self._tasks[self._primary] = primary
+        self._tasks: dict[tuple, _Task] = {self._primary: primary}
         self._active_task = self._primary
         self._digests: dict = {}  # base tensor digests, shared by every task: the backbone is one
         # Named masks: the trainable one (scores) and any number loaded for inference.
@@ -161,6 +159,7 @@ class MaskedModel(nn.Module):
         self._trainable = trainable
         self._active = TRAINABLE_MASK if trainable else None
         self._trainable_head: dict[str, torch.Tensor] | None = None
+        self._location: tuple[str | None, str | None] | None = None  # the base's id/path and commit
         self._callback_attached = False  # set by MaskingCallback when a Trainer trains this model
         self._warned_no_callback = False
 
@@ -281,7 +280,7 @@ class MaskedModel(nn.Module):
         model = task.model
         prefix = backbone_prefix(model)
         backbone_ids = {id(t) for t in getattr(model, prefix).parameters()} if prefix else set()
-        transient = _non_persistent_buffers(model)
+        transient = non_persistent_buffers(model)
         names = []
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if name.endswith("mask_scores") or name in transient:
@@ -445,14 +444,9 @@ class MaskedModel(nn.Module):
         prefix = backbone_prefix(primary)
         backbone = getattr(primary, prefix) if prefix else None
         config = copy.deepcopy(primary.config)
-        labels = record["label_config"]
-        if "num_labels" in labels:
-            config.num_labels = labels["num_labels"]
-        if "id2label" in labels:
-            config.id2label = {int(k): v for k, v in labels["id2label"].items()}
-        if "label2id" in labels:
-            config.label2id = dict(labels["label2id"])
-        config.problem_type = labels.get("problem_type")
+        config.problem_type = None
+        for field, value in _label_fields(record).items():  # num_labels first: setting it resets id2label
+            setattr(config, field, value)
         try:
             with torch.device("meta"):
                 task_model = head_cls(config)
@@ -624,25 +618,35 @@ class MaskedModel(nn.Module):
             task.base = BaseTensors(task.model, set(self._head_names(task)), task.natural, self._digests)
         return task.base
 
+    def _base_location(self, fingerprint: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(id or path, commit) of the base, resolved once: the base is frozen, and finding its commit in
+        the HF cache reads files (state_dict() asks again at every Trainer checkpoint)."""
+        if self._location is None:
+            name_or_path = getattr(self.model, "name_or_path", None) or None
+            cached = hub.hub_id_from_cache_path(name_or_path) if name_or_path and os.path.isdir(name_or_path) else None
+            if cached is not None:  # a snapshot folder of the HF cache: record the portable id and commit
+                self._location = cached
+                return self._location
+            revision = None
+            first = next(
+                (f"{name}.weight" for name in self.targets.modules if f"{name}.weight" in fingerprint["tensors"]), None
+            )
+            if first is not None:
+                prefix = backbone_prefix(self.model)
+                names = [first]
+                if prefix and first.startswith(prefix + "."):
+                    names.append(first[len(prefix) + 1 :])  # a checkpoint of the bare backbone
+                digests = fingerprint["tensors"][first]["sha256"].values()
+                revision = hub.find_cached_revision(name_or_path, names, digests)
+            self._location = (name_or_path, revision)
+        return self._location
+
     def _record(self) -> dict[str, Any]:
         from . import __version__
 
         config = self.model.config
         fingerprint = make_fingerprint(self._base_tensors())
-        name_or_path = getattr(self.model, "name_or_path", None) or None
-        revision = None
-        cached = hub.hub_id_from_cache_path(name_or_path) if name_or_path and os.path.isdir(name_or_path) else None
-        if cached is not None:  # a snapshot folder of the HF cache: record the portable id and commit
-            name_or_path, revision = cached
-        first = next(
-            (f"{name}.weight" for name in self.targets.modules if f"{name}.weight" in fingerprint["tensors"]), None
-        )
-        if first is not None and revision is None:
-            prefix = backbone_prefix(self.model)
-            names = [first]
-            if prefix and first.startswith(prefix + "."):
-                names.append(first[len(prefix) + 1 :])  # a checkpoint of the bare backbone
-            revision = hub.find_cached_revision(name_or_path, names, fingerprint["tensors"][first]["sha256"].values())
+        name_or_path, revision = self._base_location(fingerprint)
         labels: dict[str, Any] = {"num_labels": int(config.num_labels)}
         if getattr(config, "id2label", None):
             labels["id2label"] = {str(k): str(v) for k, v in config.id2label.items()}
@@ -676,6 +680,25 @@ class MaskedModel(nn.Module):
         head = {n: t.detach().cpu().clone() for n, t in self._head_tensors().items()}
         return StoredMask(record=self._record(), masks=masks, head=head)
 
+    def _repo_files(
+        self,
+        stored: StoredMask,
+        mask_name: str | None,
+        card_info: dict[str, Any] | None,
+        repo_id: str | None = None,
+        existing_card: str | bool | None = None,
+    ) -> dict[str, bytes]:
+        """The repo's files by name. `existing_card`: the folder's README text, None if it has none, or
+        False if it is not text we can edit (then it is left out, so the user's file stays as it is)."""
+        config_bytes, weights_bytes = repo_format.encode_repo(stored)
+        files = {repo_format.CONFIG_NAME: config_bytes, repo_format.WEIGHTS_NAME: weights_bytes}
+        if existing_card is not False:
+            generated = model_card.generated_card(
+                stored.record, self.sparsity(mask_name), stored.nbytes, repo_id, card_info
+            )
+            files[repo_format.CARD_NAME] = model_card.updated_card(existing_card, generated, stored.record).encode()
+        return files
+
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
@@ -704,19 +727,12 @@ class MaskedModel(nn.Module):
         directory = atomic_save.check_target(os.fspath(save_directory))
         stored = self.to_stored_mask(mask_name)
         if is_main_process:
-            config_bytes, weights_bytes = repo_format.encode_repo(stored)
-            files = {repo_format.CONFIG_NAME: config_bytes, repo_format.WEIGHTS_NAME: weights_bytes}
             existing = atomic_save.read_current(directory, repo_format.CARD_NAME) if os.path.isdir(directory) else None
             try:
                 text = existing.decode("utf-8") if existing is not None else None
             except UnicodeDecodeError:
-                text = ""  # not text we can edit: the user's file stays as it is
-            if text != "":
-                generated = model_card.generated_card(
-                    stored.record, self.sparsity(mask_name), stored.nbytes, info=card_info
-                )
-                files[repo_format.CARD_NAME] = model_card.updated_card(text, generated, stored.record).encode()
-            atomic_save.save_files(directory, files)
+                text = False  # not text we can edit: the user's file stays as it is
+            atomic_save.save_files(directory, self._repo_files(stored, mask_name, card_info, existing_card=text))
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", None) or os.path.basename(directory)
             self.push_to_hub(repo_id, mask_name=mask_name, card_info=card_info, **push_kwargs)
@@ -732,14 +748,7 @@ class MaskedModel(nn.Module):
         card_info: dict[str, Any] | None = None,
     ) -> str:
         """Upload the tiny mask repo to the Hub; returns the commit URL."""
-        stored = self.to_stored_mask(mask_name)
-        config_bytes, weights_bytes = repo_format.encode_repo(stored)
-        card = model_card.generated_card(stored.record, self.sparsity(mask_name), stored.nbytes, repo_id, card_info)
-        files = {
-            repo_format.CONFIG_NAME: config_bytes,
-            repo_format.WEIGHTS_NAME: weights_bytes,
-            repo_format.CARD_NAME: card.encode(),
-        }
+        files = self._repo_files(self.to_stored_mask(mask_name), mask_name, card_info, repo_id=repo_id)
         with tempfile.TemporaryDirectory() as folder:
             for file_name, data in files.items():
                 with open(os.path.join(folder, file_name), "wb") as handle:
@@ -860,6 +869,15 @@ BASE_LOADING_KWARGS = frozenset(
 )
 
 
+def _label_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's validated label fields (id2label, label2id, num_labels, problem_type) as config values."""
+    labels = dict(record["label_config"])
+    if "id2label" in labels:
+        labels["id2label"] = {int(k): v for k, v in labels["id2label"].items()}
+    order = ("num_labels", "id2label", "label2id", "problem_type")
+    return {field: labels[field] for field in order if field in labels}
+
+
 def _layout(head_class: str, head: dict[str, torch.Tensor]) -> tuple:
     """What decides whether two masks can share a task model: the head class and its tensors' shapes."""
     return (head_class, tuple(sorted((name, tuple(t.shape)) for name, t in head.items())))
@@ -876,14 +894,6 @@ def _align_head(model: nn.Module) -> None:
             if tensor.device != reference.device or tensor.dtype != reference.dtype:
                 child.to(device=reference.device, dtype=reference.dtype)
                 break
-
-
-def _non_persistent_buffers(model: nn.Module) -> set[str]:
-    names = set()
-    for module_name, module in model.named_modules():
-        for buffer_name in getattr(module, "_non_persistent_buffers_set", ()):
-            names.add(f"{module_name}.{buffer_name}" if module_name else buffer_name)
-    return names
 
 
 def read_mask_repo(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> StoredMask:
@@ -922,9 +932,7 @@ def _load_base(record: dict[str, Any], base_model: str | None, token: Any, base_
     kwargs = dict(base_kwargs)
     if base_model is None and record.get("base_model_revision") and not os.path.isdir(source):
         kwargs["revision"] = record["base_model_revision"]
-    labels = dict(record["label_config"])  # validated: id2label, label2id, num_labels, problem_type only
-    if "id2label" in labels:
-        labels["id2label"] = {int(k): v for k, v in labels["id2label"].items()}
+    labels = _label_fields(record)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the head is "newly initialised": expected, it is replaced
     try:

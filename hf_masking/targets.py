@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import ALL_LINEAR, MaskingConfig
 from .errors import BaseModelMismatchError
-from .layers import MASKABLE_TYPES
+from .layers import MASKABLE_TYPES, MaskedLinear
 
 # The six linear layers of a transformer block that the paper masks (W_K, W_Q, W_V, W_AO, W_I, W_O).
 _BERT_BLOCK = [
@@ -113,8 +113,6 @@ def _explicit_targets(model: nn.Module, modules: list[str]) -> list[str]:
 
     Used when loading a repo, whose list is authoritative: no pattern from the repo is ever matched.
     """
-    from .layers import MaskedLinear
-
     maskable = {name for name, m in model.named_modules() if isinstance(m, (*MASKABLE_TYPES, MaskedLinear))}
     for name in modules:
         if name not in maskable:
