@@ -1,7 +1,7 @@
 """`MaskedLinear`: a drop-in for `nn.Linear` (and GPT-2's `Conv1D`) computing with W ⊙ mask.
 
 The layer reuses the original weight and bias Parameters, so the base model's state-dict
-keys and values stay exactly as they were; it only adds an fp32 ``mask_scores`` Parameter.
+keys and values stay exactly as they were; it only adds a ``mask_scores`` Parameter (fp32 unless `MaskingConfig.score_dtype` says otherwise).
 """
 
 from __future__ import annotations
@@ -87,10 +87,11 @@ class MaskedLinear(nn.Module):
         self._original = (base,)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
-        """Casts (``.half()``, ``.to(torch.bfloat16)``) reach the weight, never the scores: they stay fp32.
+        """Casts (``.half()``, ``.to(torch.bfloat16)``) reach the weight, never the scores.
 
-        A bf16 cast would round scores near the threshold across it and flip mask entries, as
-        PEFT keeps adapter weights in fp32 (``autocast_adapter_dtype``). Moves between devices apply.
+        Scores keep the dtype `MaskingConfig.score_dtype` chose (fp32 by default): a cast would
+        round scores near the threshold across it and flip mask entries, as PEFT keeps adapter
+        weights in fp32 (``autocast_adapter_dtype``). Moves between devices apply.
         """
         scores = self._parameters.pop("mask_scores", None)
         try:

@@ -81,28 +81,33 @@ def scores_for_mask(initial: torch.Tensor, mask: torch.Tensor, config: MaskingCo
     at the decision boundary of exactly those weights. Top-k: kept scores are lifted above every
     masked-out one by the initial range, preserving their order within each group.
     """
-    scores = initial.detach().to(torch.float32).clone()
+    dtype = config.torch_score_dtype
+    scores = initial.detach().to(dtype).clone()
     if config.binarizer == "topk":
         span = float(scores.max() - scores.min()) + 1.0
         return torch.where(mask, scores + span, scores - span)
-    threshold = torch.tensor(config.threshold, dtype=torch.float32)
-    below = torch.nextafter(threshold, torch.tensor(-math.inf))
+    # In the scores' own dtype: that is the threshold the binarizer compares against.
+    threshold = torch.tensor(config.threshold, dtype=dtype)
+    below = torch.nextafter(threshold, torch.tensor(-math.inf, dtype=dtype))
     scores[mask & (scores < threshold)] = threshold
     scores[~mask & (scores >= threshold)] = below
     return scores
 
 
 def init_scores(shape: torch.Size, module_name: str, config: MaskingConfig) -> torch.Tensor:
-    """Uniform scores with exactly P(score < threshold) = initial_sparsity.
+    """Uniform scores with exactly P(score < threshold) = initial_sparsity, in the config's score dtype.
 
     Drawn on the CPU from a generator seeded by the config's seed and the module's name, so the
-    initial mask depends on neither the device nor the order in which modules are visited.
+    initial mask depends on neither the device nor the order in which modules are visited. They
+    are always drawn in fp32 and then rounded, so a bfloat16 run starts from the fp32 run's mask
+    up to the scores that rounding moves across the threshold.
     """
     generator = torch.Generator(device="cpu").manual_seed(
         (config.seed * 1_000_003 + zlib.crc32(module_name.encode())) % (2**63)
     )
     low, high = config.init_range
-    return torch.empty(shape, dtype=torch.float32).uniform_(low, high, generator=generator)
+    scores = torch.empty(shape, dtype=torch.float32).uniform_(low, high, generator=generator)
+    return scores.to(config.torch_score_dtype)
 
 
 class MaskedModel(nn.Module):
