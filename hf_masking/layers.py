@@ -1,7 +1,8 @@
 """`MaskedLinear`: a drop-in for `nn.Linear` (and GPT-2's `Conv1D`) computing with W ⊙ mask.
 
 The layer reuses the original weight and bias Parameters, so the base model's state-dict
-keys and values stay exactly as they were; it only adds a ``mask_scores`` Parameter (fp32 unless `MaskingConfig.score_dtype` says otherwise).
+keys and values stay exactly as they were; it only adds a ``mask_scores`` Parameter (fp32 unless
+`MaskingConfig.score_dtype` says otherwise).
 """
 
 from __future__ import annotations

@@ -128,14 +128,19 @@ def prepare_model(model: nn.Module, masking_args: Any, training_args: TrainingAr
 
 
 def _with_lora(model: nn.Module, masking_args: Any) -> nn.Module:
-    """PEFT LoRA on the attention query and value projections, the task head trained in full."""
+    """PEFT LoRA on the attention query and value projections (GPT-2: c_attn), a task head trained in full."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [n for n in ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj") if n in names]
+    targets = [n for n in ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj", "c_attn") if n in names]
     head = type(model).__name__
-    task_type = TaskType.SEQ_CLS if head.endswith("ForSequenceClassification") else None
-    task_type = TaskType.TOKEN_CLS if head.endswith("ForTokenClassification") else task_type
+    task_types = {
+        "ForSequenceClassification": TaskType.SEQ_CLS,
+        "ForTokenClassification": TaskType.TOKEN_CLS,
+        "ForCausalLM": TaskType.CAUSAL_LM,
+        "LMHeadModel": TaskType.CAUSAL_LM,
+    }
+    task_type = next((t for suffix, t in task_types.items() if head.endswith(suffix)), None)
     heads = [n for n in ("classifier", "pre_classifier", "score") if n in dict(model.named_children())]
     config = LoraConfig(
         r=masking_args.lora_r,

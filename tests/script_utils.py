@@ -34,6 +34,37 @@ def save_tiny_model(directory, seed: int = 0) -> str:
     return str(directory)
 
 
+def save_tiny_decoder(directory, model_type: str = "llama", seed: int = 0) -> str:
+    """A 4-block causal LM of `model_type` with the test vocabulary's tokenizer, saved like a Hub checkpoint."""
+    from conftest import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    save_tiny_model(directory, seed)  # for its vocabulary; tokenizer and weights are replaced below
+    for name in os.listdir(directory):
+        if name != "vocab.txt":
+            os.remove(os.path.join(directory, name))
+    # No token_type_ids: GPT-2 would add them to its input embeddings as a decoder tokenizer never does.
+    tokenizer = BertTokenizerFast(
+        vocab_file=os.path.join(directory, "vocab.txt"),
+        model_max_length=64,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tokenizer.save_pretrained(directory)
+    vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(tiny_config(model_type, vocab_size=vocab_size)).save_pretrained(directory)
+    return str(directory)
+
+
+def story_text(n: int, seed: int = 0) -> str:
+    """Lines of a tiny grammar (name, verb, 'then', name, verb): learnable next-token structure."""
+    rng = random.Random(seed)
+    verbs = ["runs", "sits", "jumps", "ends"]
+    return "".join(
+        f"{rng.choice(NAMES)} {rng.choice(verbs)} then {rng.choice(NAMES)} {rng.choice(verbs)} .\n" for _ in range(n)
+    )
+
+
 def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
     rng = random.Random(seed)
     rows = []

@@ -373,7 +373,9 @@ def test_lora_baseline_in_the_same_script(tmp_path, tiny_model, monkeypatch):
     assert "eval_accuracy" in read_json(out / "eval_results.json")
 
 
-@pytest.mark.parametrize("script", ["run_glue_masking.py", "run_ner_masking.py", "run_swag_masking.py"])
+@pytest.mark.parametrize(
+    "script", ["run_glue_masking.py", "run_ner_masking.py", "run_swag_masking.py", "run_clm_masking.py"]
+)
 def test_help_lists_the_masking_flags(script, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         run_script(script, ["--help"], monkeypatch)
