@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from . import atomic_save, codec, hub, model_card
+from . import atomic_save, codec, hub, model_card, sharding
 from . import repo as repo_format
 from .binarizer import make_binarizer
 from .config import MaskingConfig
@@ -616,6 +616,21 @@ class MaskedModel(nn.Module):
         return {name: own[name] for name in self._head_names(task)}
 
     # ----- the tiny repo -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _gathered(self) -> Iterator[None]:
+        """Whole tensors of an FSDP2-sharded model for the duration (a collective: every rank enters)."""
+        if not sharding.is_sharded(self):
+            yield
+            return
+        for task in self._tasks.values():  # views of the sharded tensors would outlive them: rebuild inside
+            task.base = None
+        try:
+            with sharding.gathered(self):
+                yield
+        finally:
+            for task in self._tasks.values():
+                task.base = None  # the gathered tensors are freed on exit; the digests stay cached
+
     def _base_tensors(self, task: _Task | None = None) -> BaseTensors:
         """The base tensors a fingerprint covers (head excluded), digests cached: the base is frozen."""
         task = task or self._tasks[self._active_task]
@@ -730,14 +745,18 @@ class MaskedModel(nn.Module):
         if push_kwargs and not push_to_hub:
             raise TypeError(f"save_pretrained() got unexpected keyword arguments {sorted(push_kwargs)}.")
         directory = atomic_save.check_target(os.fspath(save_directory))
-        stored = self.to_stored_mask(mask_name)
+        text: str | bool | None = None
         if is_main_process:
             existing = atomic_save.read_current(directory, repo_format.CARD_NAME) if os.path.isdir(directory) else None
             try:
                 text = existing.decode("utf-8") if existing is not None else None
             except UnicodeDecodeError:
                 text = False  # not text we can edit: the user's file stays as it is
-            atomic_save.save_files(directory, self._repo_files(stored, mask_name, card_info, existing_card=text))
+        with self._gathered():  # FSDP: a collective, so every rank gets here; only the main one writes
+            stored = self.to_stored_mask(mask_name)
+            files = self._repo_files(stored, mask_name, card_info, existing_card=text) if is_main_process else {}
+        if is_main_process:
+            atomic_save.save_files(directory, files)
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", None) or os.path.basename(directory)
             self.push_to_hub(repo_id, mask_name=mask_name, card_info=card_info, **push_kwargs)
@@ -753,6 +772,11 @@ class MaskedModel(nn.Module):
         card_info: dict[str, Any] | None = None,
     ) -> str:
         """Upload the tiny mask repo to the Hub; returns the commit URL."""
+        if sharding.is_sharded(self):
+            raise RuntimeError(
+                "This model is sharded with FSDP: call save_pretrained(folder, is_main_process=...) on every rank, "
+                "then push the folder from the main one (huggingface_hub.upload_folder)."
+            )
         files = self._repo_files(self.to_stored_mask(mask_name), mask_name, card_info, repo_id=repo_id)
         with tempfile.TemporaryDirectory() as folder:
             for file_name, data in files.items():

@@ -16,6 +16,7 @@ import transformers
 from torch import nn
 from transformers import HfArgumentParser, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
+from . import sharding
 from .model import MaskedModel
 
 logger = logging.getLogger(__name__)
@@ -173,10 +174,10 @@ def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) ->
     """With masking: the tiny mask repo plus the tokenizer, not a copy of the base. Else the full model."""
     model = trainer.model
     if isinstance(model, MaskedModel):
-        if trainer.args.should_save:
-            model.save_pretrained(trainer.args.output_dir)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(trainer.args.output_dir)
+        if trainer.args.should_save or sharding.is_sharded(model):  # FSDP: every rank gathers, one writes
+            model.save_pretrained(trainer.args.output_dir, is_main_process=trainer.args.should_save)
+        if tokenizer is not None and trainer.args.should_save:
+            tokenizer.save_pretrained(trainer.args.output_dir)
     else:
         trainer.save_model()
 
@@ -184,7 +185,9 @@ def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase | None) ->
 def save_model_card(trainer: Trainer, metrics: dict[str, float], task: str, dataset: str | None) -> None:
     """After evaluating a mask trained in this run, save it again with a model card that has the results."""
     model = trainer.model
-    if not isinstance(model, MaskedModel) or not trainer.args.do_train or not trainer.args.should_save:
+    if not isinstance(model, MaskedModel) or not trainer.args.do_train:
+        return
+    if not (trainer.args.should_save or sharding.is_sharded(model)):
         return
     args = trainer.args
     config = model.masking_config
@@ -206,7 +209,7 @@ def save_model_card(trainer: Trainer, metrics: dict[str, float], task: str, data
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and "per_second" not in k},
         "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
     }
-    model.save_pretrained(args.output_dir, card_info=info)
+    model.save_pretrained(args.output_dir, card_info=info, is_main_process=args.should_save)
 
 
 def push_outputs(trainer: Trainer, **card_kwargs: Any) -> None:
