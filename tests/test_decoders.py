@@ -6,15 +6,19 @@ import pytest
 import torch
 from conftest import random_batch
 from datasets import Dataset
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 from trainer_utils import training_args
 from transformers import (
     AutoModelForCausalLM,
+    DataCollatorForLanguageModeling,
     GemmaConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
     OPTConfig,
     PhiConfig,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Trainer,
 )
@@ -36,6 +40,12 @@ FAMILIES = {
         hidden_size=32, num_hidden_layers=4, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32, **SMALL
     ),
 }
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the tiny vocabulary ("t0" … "t119"); id 0 pads, as in the configs."""
+    vocab = {f"t{i}": i for i in range(120)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t1")), pad_token="t0")
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -60,15 +70,20 @@ def test_decoder_defaults_train_generate_merge_save_load(family, tmp_path):
     ) == sorted(linear)  # every linear of a block
     assert model.head_tensor_names() == []  # the LM head is part of the base
 
-    ids = torch.randint(3, 120, (16, 12), generator=torch.Generator().manual_seed(0))
-    data = Dataset.from_dict(
-        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": ids.tolist()}
-    )
+    # Rows of different lengths: the causal-LM collator pads them and sets the padding's labels to -100.
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 120, (int(n),), generator=generator).tolist() for n in torch.randint(6, 13, (16,))]
+    data = Dataset.from_dict({"input_ids": rows})
+    collator = DataCollatorForLanguageModeling(_tokenizer(), mlm=False)
+    batch = collator([data[i] for i in range(8)])
+    longest = max(len(r) for r in rows[:8])
+    assert int((batch["labels"] == -100).sum()) == sum(longest - len(r) for r in rows[:8]) > 0
     before = model.masks()
     trainer = Trainer(
         model=model,
         args=training_args(str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=8),
         train_dataset=data,
+        data_collator=collator,
         callbacks=[MaskingCallback()],
     )
     assert trainer.train().training_loss > 0  # labels shifted by the model itself
