@@ -339,28 +339,31 @@ def main() -> None:
         ]
         out += storage_section(storage) + ["", "![storage vs number of tasks](bench/results/storage.png)", ""]
         storage_plot(storage, os.path.join(RESULTS, "storage.png"))
-    for name, title in (
-        ("train_step", "Train step time and peak memory"),
+    for name, title, command in (
+        ("train_step", "Train step time and peak memory", "python bench/train_step.py"),
         (
             "train_step_earlier",
             "Train step time and peak memory: an earlier run, quieter machine, before the in-place score gradient",
+            "python bench/train_step.py",
         ),
-        ("codec", "Mask codec"),
-        ("multi_mask", "Many masks on one base"),
+        ("codec", "Mask codec", "python bench/codec.py"),
+        ("multi_mask", "Many masks on one base", "python bench/multi_mask.py"),
+        (
+            "decoder_memory_fp32",
+            "Decoder LM (~1B Llama shape): memory and step time, fp32 weights",
+            "python bench/decoder_memory.py --weights fp32",
+        ),
+        (
+            "decoder_memory_mixed",
+            "Decoder LM (~1B Llama shape): mixed precision and bf16 weights",
+            "python bench/decoder_memory.py --weights amp bf16 --methods finetune mask mask-bf16",
+        ),
+        ("score_dtype", "bfloat16 vs fp32 scores: accuracy (SST-2, MiniLM-L6)", "python bench/score_dtype.py"),
     ):
         path = os.path.join(RESULTS, f"{name}.log")
         if os.path.exists(path):
             with open(path) as handle:
-                out += [
-                    f"## {title}",
-                    "",
-                    f"Command: `python bench/{name.removesuffix('_earlier')}.py`",
-                    "",
-                    "```",
-                    handle.read().rstrip(),
-                    "```",
-                    "",
-                ]
+                out += [f"## {title}", "", f"Command: `{command}`", "", "```", handle.read().rstrip(), "```", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as handle:
         handle.write("\n".join(out) + "\n")
     print("wrote BENCHMARKS.md")
