@@ -47,6 +47,7 @@ def main(base_dir: str, output_dir: str) -> None:
     scores = next(iter(model.masked_modules().values())).mask_scores
     local_shape = list(scores.to_local().shape) if hasattr(scores, "to_local") else list(scores.shape)
     model.save_pretrained(output_dir, is_main_process=rank == 0)
+    os.makedirs(output_dir, exist_ok=True)  # only the main rank's save creates it, maybe not yet
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world, "full_shape": list(scores.shape), "local_shape": local_shape}, handle)
 
