@@ -1,46 +1,16 @@
 import json
 import math
 import os
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
+from distributed_utils import run_to_completion, torchrun_command
 
 HERE = os.path.dirname(__file__)
 
 
 @pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_masks_and_unscaled_loss(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={port}",
-        os.path.join(HERE, "ddp_train.py"),
-        str(tmp_path),
-    ]
-    # A session of its own, so a hung rendezvous can be killed with every worker, not just torchrun.
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    assert process.returncode == 0, stderr[-4000:]
+    run_to_completion(torchrun_command(os.path.join(HERE, "ddp_train.py"), str(tmp_path)))
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(r["world_size"] == 2 for r in ranks)
     assert ranks[0]["masks_sha256"] == ranks[1]["masks_sha256"]
