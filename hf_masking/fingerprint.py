@@ -77,8 +77,8 @@ class BaseTensors:
     """The tensors of a frozen base that a fingerprint covers, with their digests computed once.
 
     Every parameter and persistent buffer (tied ones once), minus `exclude` (the head that travels
-    with the mask) and the masking state. Masked layers count with their original weight, also
-    while a loaded mask has zeroed part of it in place.
+    with the mask) and the masking state. Masked layers count with their weight, which no
+    mask ever writes.
     """
 
     def __init__(
@@ -90,13 +90,6 @@ class BaseTensors:
     ) -> None:
         """`only`: the tensor names to cover (a head class built around a shared backbone does not use all
         of it); `digests`: a cache shared between views of the same frozen tensors."""
-        from .layers import MaskedLinear
-
-        self._masked = {
-            (f"{name}.weight" if name else "weight"): module
-            for name, module in model.named_modules()
-            if isinstance(module, MaskedLinear)
-        }
         non_persistent = non_persistent_buffers(model)
         self.tensors: dict[str, torch.Tensor] = {}
         for name, tensor in model.named_parameters():
@@ -111,8 +104,7 @@ class BaseTensors:
         self._digests = digests if digests is not None else {}
 
     def value(self, name: str) -> torch.Tensor:
-        module = self._masked.get(name)
-        return module.original_weight() if module is not None else self.tensors[name].detach()
+        return self.tensors[name].detach()
 
     def digest(self, name: str, dtype: torch.dtype | None = None) -> str:
         """Digest of tensor `name`, rounded to `dtype` if given; cached, since the base never changes."""

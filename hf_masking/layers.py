@@ -2,7 +2,7 @@
 
 The layer reuses the original weight and bias Parameters, so the base model's state-dict
 keys and values stay exactly as they were; it only adds a ``mask_scores`` Parameter (fp32 unless
-`MaskingConfig.score_dtype` says otherwise).
+`MaskingConfig.score_dtype` says otherwise). Nothing ever writes the base weight.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from .fixed_mask import DecodedMask, FixedMask
+from .mixed_batch import SCORES, RowMasks
 
 Binarize = Callable[[torch.Tensor], torch.Tensor]
 MASKABLE_TYPES = (nn.Linear, Conv1D)
@@ -67,7 +70,8 @@ class MaskedLinear(nn.Module):
     """A linear layer whose weight is multiplied by a binary mask.
 
     The mask comes from trainable scores (``mask_scores``, through the binarizer) or, for a
-    mask loaded for inference, from a fixed mask (``set_fixed_mask``), which wins when set.
+    mask loaded for inference, from a fixed mask (``use_fixed_mask``), which wins when set. The
+    weight itself is never written: a fixed mask is applied per call (see `fixed_mask`).
     """
 
     def __init__(self, base: nn.Linear | Conv1D, binarize: Binarize, scores: torch.Tensor | None) -> None:
@@ -79,11 +83,9 @@ class MaskedLinear(nn.Module):
         self.transposed = isinstance(base, Conv1D)
         self.binarize = binarize
         self.mask_scores = nn.Parameter(scores, requires_grad=True) if scores is not None else None
-        # A loaded mask, stored compactly as the flat positions of its minority value.
-        self.register_buffer("fixed_positions", None, persistent=False)
-        self.fixed_minority = 0
-        self._removed: torch.Tensor | None = None  # weight values a fixed mask has zeroed in place
+        self.fixed: FixedMask | None = None  # a loaded mask, decoded on use
         self.disabled = False  # inside MaskedModel.disable_masks(): compute with the unmasked weight
+        self.rows: RowMasks | None = None  # inside a mixed-mask forward: each row's mask
         # Kept outside the module tree (a tuple is not registered) so unwrapping restores it.
         self._original = (base,)
 
@@ -114,77 +116,84 @@ class MaskedLinear(nn.Module):
     def out_features(self) -> int:
         return self.weight.shape[1] if self.transposed else self.weight.shape[0]
 
-    def set_fixed_mask(self, positions: torch.Tensor | None, minority: int = 0) -> None:
-        """Compute with a fixed mask, given by the flat positions of its minority value (0 or 1).
-
-        The mask is applied to the weight in place and the values it removes are kept aside, so
-        inference runs at the speed of a plain linear layer and costs ~8 bytes per masked-out
-        weight (position + value) instead of a bool per weight. ``None`` restores the original
-        weight exactly and goes back to the mask of the scores.
-        """
-        self._restore_weight()
-        if positions is None:
-            return
-        flat = self.weight.data.view(-1)
-        positions = positions.to(device=self.weight.device, dtype=torch.int32)
-        with torch.no_grad():
-            if minority == 0:
-                index = positions.long()
-                self._removed = torch.index_select(flat, 0, index)
-                flat.index_fill_(0, index, 0)
-            else:  # mostly zeros: keep the whole weight aside, then keep only the listed entries
-                self._removed = flat.clone()
-                flat.zero_()
-                index = positions.long()
-                flat[index] = self._removed[index]
-        self.fixed_positions = positions
-        self.fixed_minority = minority
-
-    def _restore_weight(self) -> None:
-        if self.fixed_positions is None:
-            return
-        flat = self.weight.data.view(-1)
-        with torch.no_grad():
-            if self.fixed_minority == 0:
-                flat.index_copy_(0, self.fixed_positions.long(), self._removed)
-            else:
-                flat.copy_(self._removed)
-        self.fixed_positions = None
-        self._removed = None
-
-    def original_weight(self) -> torch.Tensor:
-        """The unmasked weight, even while a fixed mask has zeroed part of it in place."""
-        if self.fixed_positions is None:
-            return self.weight.detach()
-        if self.fixed_minority == 1:
-            return self._removed.view_as(self.weight)
-        weight = self.weight.detach().clone()
-        weight.view(-1)[self.fixed_positions.long()] = self._removed
-        return weight
+    def use_fixed_mask(self, fixed: FixedMask | None) -> None:
+        """Compute with a loaded mask from now on; ``None`` goes back to the mask of the scores."""
+        self.fixed = fixed
 
     def mask(self) -> torch.Tensor:
         """The current boolean mask, in the weight's shape."""
-        if self.fixed_positions is not None:
-            flat = torch.full(
-                (self.weight.numel(),), not self.fixed_minority, dtype=torch.bool, device=self.weight.device
-            )
-            flat[self.fixed_positions.long()] = bool(self.fixed_minority)
-            return flat.view_as(self.weight)
+        if self.fixed is not None:
+            return self.fixed.decoded(self.weight.device).to_bool(self.weight.shape)
         if self.mask_scores is None:
             return torch.ones_like(self.weight, dtype=torch.bool)
         with torch.no_grad():
             return self.binarize(self.mask_scores)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)
+        if self.rows is not None:
+            return self._mixed_forward(x)
+        if self.fixed is not None:
+            decoded = self.fixed.decoded(self.weight.device)
+            return decoded.linear(x, self.weight, self.bias, self.transposed, self.fixed.cache.kernel)
         scores = self.mask_scores
-        if self.disabled or self.fixed_positions is not None:
-            return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)  # masked in place
         if scores is None:  # a layer only loaded masks use: unmasked until one is set
             return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)
         if torch.is_grad_enabled():
             return _MaskedLinearFunction.apply(x, self.weight, self.bias, scores, self.binarize, self.transposed)
         masked = self.weight * self.mask()
         return F.linear(x, masked.t() if self.transposed else masked, self.bias)
+
+    def _row_mask(self, name: str | None) -> DecodedMask | None:
+        """The decoded mask rows named `name` compute with here (None: the unmasked weight)."""
+        source = self.rows.sources[name]
+        if source is None:
+            return None
+        if source is SCORES:
+            return DecodedMask.from_bool(self.binarize(self.mask_scores))
+        return source[self].decoded(self.weight.device)
+
+    def _mixed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row with its own mask: one product with the shared weight for the rows whose mask is
+        cheapest as a sparse correction (and the rows with no mask), one product per other mask."""
+        groups = self.rows.groups(x.shape[0], x.device)
+        weight = self.weight.t() if self.transposed else self.weight
+        kernel = self.rows.kernel
+        shared: list[tuple[torch.Tensor | None, DecodedMask | None]] = []
+        own: list[tuple[torch.Tensor | None, DecodedMask]] = []
+        for name, rows in groups:
+            decoded = self._row_mask(name)
+            tokens = (x.numel() // x.shape[0]) * (x.shape[0] if rows is None else rows.numel()) // x.shape[-1]
+            if decoded is None or (decoded.minority == 0 and decoded.uses_sparse(kernel, self.weight, tokens)):
+                shared.append((rows, decoded))
+            else:
+                own.append((rows, decoded))
+        if len(groups) == 1:  # the whole batch has one mask
+            rows, decoded = (shared or own)[0]
+            if decoded is None:
+                return F.linear(x, weight, self.bias)
+            return decoded.linear(x, self.weight, self.bias, self.transposed, kernel)
+        out = None
+        if shared:
+            rows = torch.cat([r for r, _ in shared])
+            inputs = x.index_select(0, rows)
+            result = F.linear(inputs, weight, self.bias)
+            start = 0
+            for group_rows, decoded in shared:
+                count = group_rows.numel()
+                if decoded is not None:
+                    part = inputs[start : start + count]
+                    result[start : start + count] -= decoded.correction(part, self.weight, self.transposed)
+                start += count
+            out = result.new_empty((x.shape[0], *result.shape[1:]))
+            out.index_copy_(0, rows, result)
+        for rows, decoded in own:
+            result = decoded.linear(x.index_select(0, rows), self.weight, self.bias, self.transposed, kernel)
+            if out is None:
+                out = result.new_empty((x.shape[0], *result.shape[1:]))
+            out.index_copy_(0, rows, result)
+        return out
 
     def original(self) -> nn.Module:
         """The module this layer replaced, sharing the same weight and bias."""

@@ -20,12 +20,13 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from . import atomic_save, codec, hub, model_card, sharding
+from . import atomic_save, codec, hub, mixed_batch, model_card, sharding
 from . import repo as repo_format
 from .binarizer import make_binarizer
 from .config import MaskingConfig
 from .errors import BaseModelMismatchError, MaskRepoError
 from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint, non_persistent_buffers
+from .fixed_mask import FixedMask, FixedMaskCache
 from .layers import MaskedLinear
 from .repo import StoredMask
 from .targets import ResolvedTargets, backbone_prefix, check_modules_to_save, resolve_targets
@@ -61,16 +62,29 @@ def _masked_class_for(model_cls: type) -> type:
     """
     if model_cls not in _SUBCLASSES:
 
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def forward(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
+            if mask_names is not None:
+                return self._forward_rows(mask_names, args, kwargs)
             if self.training and torch.is_grad_enabled():
                 self._warn_if_trained_without_callback()
             return self.model(*args, **kwargs)
 
-        forward.__signature__ = inspect.signature(model_cls.forward)  # type: ignore[attr-defined]
-        forward.__doc__ = f"Calls the wrapped {model_cls.__name__} with masked linear layers."
+        forward.__signature__ = _with_mask_names(inspect.signature(model_cls.forward))  # type: ignore[attr-defined]
+        forward.__doc__ = (
+            f"Calls the wrapped {model_cls.__name__} with masked linear layers; `mask_names` (one per example) "
+            "computes each example with its own mask."
+        )
         name = f"Masked{model_cls.__name__}"
         _SUBCLASSES[model_cls] = type(name, (MaskedModel,), {"forward": forward, "__module__": __name__})
     return _SUBCLASSES[model_cls]
+
+
+def _with_mask_names(signature: inspect.Signature) -> inspect.Signature:
+    """The wrapped forward's signature plus the keyword-only ``mask_names``."""
+    parameters = [p for p in signature.parameters.values() if p.name != "mask_names"]
+    position = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+    extra = inspect.Parameter("mask_names", inspect.Parameter.KEYWORD_ONLY, default=None)
+    return signature.replace(parameters=[*parameters[:position], extra, *parameters[position:]])
 
 
 def scores_for_mask(initial: torch.Tensor, mask: torch.Tensor, config: MaskingConfig) -> torch.Tensor:
@@ -161,6 +175,9 @@ class MaskedModel(nn.Module):
         # Named masks: the trainable one (scores) and any number loaded for inference.
         self._stored: dict[str, StoredMask] = {}
         self._mask_task: dict[str, tuple] = {}
+        self._fixed: dict[str, dict[str, FixedMask]] = {}  # per loaded mask: its share of each masked layer
+        # Decoded layer masks, shared by all loaded masks; `fixed_masks.max_bytes` bounds it.
+        self.fixed_masks = FixedMaskCache()
         self._trainable = trainable
         self._active = TRAINABLE_MASK if trainable else None
         self._trainable_head: dict[str, torch.Tensor] | None = None
@@ -182,8 +199,17 @@ class MaskedModel(nn.Module):
                 ) from None
             return getattr(self.model, name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
+        if mask_names is not None:
+            return self._forward_rows(mask_names, args, kwargs)
         return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
+        """The wrapped model's ``generate``; with `mask_names` (one per prompt) each sequence keeps its own mask."""
+        if mask_names is None:
+            return self.model.generate(*args, **kwargs)
+        with self._rows_masked(mask_names, args, kwargs) as model:
+            return model.generate(*args, **kwargs)
 
     def _warn_if_trained_without_callback(self) -> None:
         if self.training and self._trainable and not self._callback_attached and not self._warned_no_callback:
@@ -369,23 +395,17 @@ class MaskedModel(nn.Module):
         The active mask (and the head it came with) is back afterwards, exactly as before.
         """
         modules = self.masked_modules()
-        applied = {name: (m.fixed_positions, m.fixed_minority) for name, m in modules.items()}
         for module in modules.values():
-            module.set_fixed_mask(None)
             module.disabled = True
         try:
             yield self
         finally:
-            for name, module in modules.items():
+            for module in modules.values():
                 module.disabled = False
-                positions, minority = applied[name]
-                if positions is not None:
-                    module.set_fixed_mask(positions, minority)
 
     def unload(self) -> nn.Module:
         """Put the original linear layers back and return the unmasked base model (scores dropped)."""
         for name, layer in [(n, m) for n, m in self.model.named_modules() if isinstance(m, MaskedLinear)]:
-            layer.set_fixed_mask(None)  # give the weight its masked-out values back
             self.model.set_submodule(name, layer.original())
         return self.model
 
@@ -433,6 +453,10 @@ class MaskedModel(nn.Module):
             raise
         self._stored[name] = stored
         self._mask_task[name] = key
+        self._fixed[name] = {
+            module_name: FixedMask(name, module_name, encoded, self.fixed_masks)
+            for module_name, encoded in stored.masks.items()
+        }
 
     def _task_for(self, stored: StoredMask) -> tuple:
         """The task (head layout) a stored mask runs in, building a task model around the backbone if new."""
@@ -547,54 +571,45 @@ class MaskedModel(nn.Module):
                 )
 
     def set_active_mask(self, name: str) -> None:
-        """Compute with mask `name` (and its head) from now on; the base stays resident, no weight is reloaded.
+        """Compute with mask `name` (and its head) from now on.
 
-        All or nothing: if anything fails part-way, the model is left exactly as it was.
+        No weight is touched: the base stays as loaded and the mask is applied per call, so a switch
+        costs copying the head. All or nothing: if anything fails part-way, the model is left
+        exactly as it was.
         """
         if name == self._active:
             return
         trainable = name == TRAINABLE_MASK and self._trainable
         stored = None if trainable else self._stored_mask(name)
-        positions = {}
-        if stored is not None:  # decode everything before changing anything
-            for module_name, encoded in stored.masks.items():
-                decoded, minority, _ = codec.decode_positions(encoded.data)
-                positions[module_name] = (torch.from_numpy(decoded), minority)
         current = self._tasks[self._active_task]
         target_key = self._primary if trainable else self._mask_task[name]
         target = self._tasks[target_key]
-        modules = self.masked_modules()
-        previous = {n: (m.fixed_positions, m.fixed_minority) for n, m in modules.items()}
         own = self._head_tensors(current)
-        head_before: dict[str, torch.Tensor] | None = None
+        head_before = {n: t.detach().clone() for n, t in own.items()}
+        fixed = {} if trainable else self._fixed[name]
+        # The target's layers get its mask; the current mask's other layers (it may cover other blocks) none.
+        settings = {current.model.get_submodule(n): None for n in current.targets.modules}
+        settings.update({target.model.get_submodule(n): fixed.get(n) for n in target.targets.modules})
+        fixed_before = {module: module.fixed for module in settings}
         try:
-            for module in modules.values():
-                module.set_fixed_mask(None)  # original weights back before the head is read or changed
-            head_before = {n: t.detach().clone() for n, t in own.items()}
             if target is not current:
                 _align_head(target.model)
-                self.model = target.model
             new_head = (self._trainable_head or {}) if trainable else stored.head
             target_head = self._head_tensors(target)
             with torch.no_grad():
                 for tensor_name, value in new_head.items():
                     target_head[tensor_name].copy_(value)
-            target_modules = {n: target.model.get_submodule(n) for n in target.targets.modules}
-            for module_name, (decoded, minority) in positions.items():
-                target_modules[module_name].set_fixed_mask(decoded, minority)
+            for module, setting in settings.items():
+                module.use_fixed_mask(setting)
         except BaseException:
-            for task in (target, current):
-                for module_name in task.targets.modules:
-                    task.model.get_submodule(module_name).set_fixed_mask(None)
-            self.model = current.model
+            for module, before in fixed_before.items():
+                module.fixed = before
             with torch.no_grad():
-                for tensor_name, value in (head_before or {}).items():
+                for tensor_name, value in head_before.items():
                     own[tensor_name].copy_(value)
-            for module_name, (old_positions, minority) in previous.items():
-                if old_positions is not None:
-                    modules[module_name].set_fixed_mask(old_positions, minority)
             raise
-        if self._active == TRAINABLE_MASK:
+        self.model = target.model
+        if self._active == TRAINABLE_MASK and self._trainable:
             self._trainable_head = head_before
         self._active = name
         self._active_task = target_key
@@ -608,7 +623,77 @@ class MaskedModel(nn.Module):
         self._stored_mask(name)  # a clear KeyError for unknown names
         del self._stored[name]
         del self._mask_task[name]
+        del self._fixed[name]
+        self.fixed_masks.drop(name)
         self._drop_unused_tasks()
+
+    # ----- each row with its own mask ----------------------------------------------------
+    def _forward_rows(self, mask_names: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        with self._rows_masked(mask_names, args, kwargs) as model:
+            return model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _rows_masked(self, mask_names: Any, args: tuple, kwargs: dict[str, Any]) -> Iterator[nn.Module]:
+        """The task model to call, set up so that example i computes with mask ``mask_names[i]``.
+
+        Inference only. ``None`` names the base without a mask (with the active mask's head, as in
+        `disable_masks`). All named masks must share one head layout: one output tensor has one shape.
+        """
+        if self.training:
+            raise RuntimeError("mask_names is for inference: call model.eval() first (training uses one mask).")
+        names = _check_mask_names(mask_names, _batch_size(args, kwargs))
+        unknown = [n for n in names if n is not None and n not in self.mask_names]
+        if unknown:
+            raise KeyError(f"No mask named {unknown[0]!r}; this model has {self.mask_names} (None: no mask).")
+        task_of = {
+            n: (self._primary if n == TRAINABLE_MASK and self._trainable else self._mask_task[n])
+            for n in names
+            if n is not None
+        }
+        keys = list(dict.fromkeys(task_of.values()))
+        if len(keys) > 1:
+            first, other = (next(n for n in names if n is not None and task_of[n] == k) for k in keys[:2])
+            raise ValueError(
+                f"mask_names mixes masks with different heads ({first!r}: {keys[0][0]}, {other!r}: {keys[1][0]} with "
+                "other head shapes); one batch gives one output tensor, so batch such masks separately."
+            )
+        key = keys[0] if keys else self._active_task
+        if None in names and key != self._active_task:
+            raise ValueError(
+                "Rows without a mask (None) use the active mask's head, but the named masks have another head: "
+                "set_active_mask to one of them first."
+            )
+        task = self._tasks[key]
+        head = set(self._head_names(task))
+        head_layers = [n for n in task.targets.modules if f"{n}.weight" in head]
+        backbone = [n for n in task.targets.modules if n not in head_layers]
+        sources: dict[str | None, Any] = {}
+        for name in set(names):
+            if name is None:
+                sources[name] = None
+            elif name == TRAINABLE_MASK and self._trainable:
+                sources[name] = mixed_batch.SCORES
+            else:
+                sources[name] = {task.model.get_submodule(m): self._fixed[name][m] for m in backbone}
+        rows = mixed_batch.RowMasks(names, sources, self.fixed_masks.kernel)
+        layers = {task.model.get_submodule(m): m for m in head_layers}
+        active_is_trainable = self._active == TRAINABLE_MASK and self._trainable
+
+        def head_state(name: str | None) -> tuple[dict[str, torch.Tensor], dict[nn.Module, Any]]:
+            if name is None:  # the active head, unmasked
+                return {}, {layer: "off" for layer in layers}
+            if sources[name] is mixed_batch.SCORES:
+                return ({} if active_is_trainable else self._trainable_head or {}), {layer: None for layer in layers}
+            return self._stored[name].head, {layer: self._fixed[name][m] for layer, m in layers.items()}
+
+        if task.model is not self.model:
+            _align_head(task.model)
+        owners = _head_owners(task.model, sorted(head))
+        with (
+            torch.no_grad(),
+            mixed_batch.rows_masked([task.model.get_submodule(m) for m in backbone], owners, rows, head_state),
+        ):
+            yield task.model
 
     def _head_tensors(self, task: _Task | None = None) -> dict[str, torch.Tensor]:
         task = task or self._tasks[self._active_task]
@@ -910,6 +995,39 @@ def _label_fields(record: dict[str, Any]) -> dict[str, Any]:
 def _layout(head_class: str, head: dict[str, torch.Tensor]) -> tuple:
     """What decides whether two masks can share a task model: the head class and its tensors' shapes."""
     return (head_class, tuple(sorted((name, tuple(t.shape)) for name, t in head.items())))
+
+
+def _batch_size(args: tuple, kwargs: dict[str, Any]) -> int | None:
+    """The number of examples in a forward's inputs (the first dimension of its first input tensor)."""
+    for key in ("input_ids", "inputs_embeds"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key].shape[0]
+    first = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    return None if first is None else first.shape[0]
+
+
+def _check_mask_names(mask_names: Any, batch_size: int | None) -> list[str | None]:
+    if isinstance(mask_names, str) or not isinstance(mask_names, (list, tuple)):
+        raise TypeError(f"mask_names must be a list with one mask name (or None) per example, not {mask_names!r}.")
+    bad = [n for n in mask_names if n is not None and not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"mask_names holds {bad[0]!r}; each entry is a mask name or None.")
+    if batch_size is None or len(mask_names) != batch_size:
+        raise ValueError(f"mask_names has {len(mask_names)} names for a batch of {batch_size} examples; give one each.")
+    return list(mask_names)
+
+
+def _head_owners(model: nn.Module, head_names: list[str]) -> dict[nn.Module, dict[str, str]]:
+    """The outermost modules holding the head's tensors, each with {name relative to it: name in the model}."""
+    paths = sorted({name.rsplit(".", 1)[0] if "." in name else "" for name in head_names})
+    if "" in paths:
+        raise NotImplementedError("mask_names: this model has head tensors directly on the model, not in a module.")
+    outermost = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
+    owners: dict[nn.Module, dict[str, str]] = {}
+    for path in outermost:
+        inside = {name[len(path) + 1 :]: name for name in head_names if name.startswith(path + ".")}
+        owners[model.get_submodule(path)] = inside
+    return owners
 
 
 def _align_head(model: nn.Module) -> None:

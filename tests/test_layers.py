@@ -3,7 +3,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from hf_masking import codec
 from hf_masking.binarizer import ThresholdBinarizer, TopKBinarizer
+from hf_masking.fixed_mask import FixedMask, FixedMaskCache
 from hf_masking.layers import MaskedLinear
 
 
@@ -72,21 +74,57 @@ def test_no_grad_path_matches_training_path():
     torch.testing.assert_close(inference, layer(x))
 
 
-def test_fixed_mask_overrides_scores():
-    base, layer = _layer("linear")
-    fixed = torch.zeros_like(base.weight, dtype=torch.bool)
-    fixed[0] = True
-    x = torch.randn(2, 16)
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+@pytest.mark.parametrize("kept", [0.9, 0.1])  # mostly kept (positions = removed) and mostly removed
+def test_a_fixed_mask_overrides_scores_without_writing_the_weight(kind, kernel, kept):
+    base, layer = _layer(kind)
+    fixed = torch.rand(base.weight.shape, generator=torch.Generator().manual_seed(1)) < kept
+    x = torch.randn(2, 3, 16)
     original = base.weight.detach().clone()
-    expected = torch.nn.functional.linear(x, original * fixed, base.bias)
-    for minority in (0, 1):
-        layer.set_fixed_mask(torch.nonzero(fixed.view(-1) == bool(minority)).view(-1), minority)
-        assert torch.equal(layer.mask(), fixed)
-        assert torch.equal(layer.original_weight(), original)
+    weight = original * fixed
+    expected = x @ weight + base.bias if kind == "conv1d" else torch.nn.functional.linear(x, weight, base.bias)
+    layer.use_fixed_mask(FixedMask("task", "layer", codec.encode(fixed), FixedMaskCache(kernel=kernel)))
+    assert torch.equal(layer.mask(), fixed)
+    torch.testing.assert_close(layer(x), expected)
+    with torch.no_grad():
         torch.testing.assert_close(layer(x), expected)
-    layer.set_fixed_mask(None)
-    assert torch.equal(base.weight, original)  # restored bit for bit
+    assert torch.equal(base.weight, original)  # never written
+    layer.use_fixed_mask(None)
     assert torch.equal(layer.mask(), layer.mask_scores >= 0.01)
+
+
+def test_the_dense_kernel_is_bit_exact_and_auto_keeps_small_layers_dense():
+    base, layer = _layer("linear")
+    fixed = torch.rand(base.weight.shape, generator=torch.Generator().manual_seed(2)) < 0.8
+    x = torch.randn(4, 16)
+    cache = FixedMaskCache(kernel="auto")
+    layer.use_fixed_mask(FixedMask("task", "layer", codec.encode(fixed), cache))
+    with torch.no_grad():
+        # What a trained model computes with the same mask: W * mask, one product.
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, base.weight * fixed, base.bias))
+    decoded = layer.fixed.decoded(base.weight.device)
+    assert not decoded.uses_sparse("auto", base.weight, tokens=4)  # 128 weights: a copy is cheapest
+    big = torch.zeros(1024, 1024)
+    assert decoded.uses_sparse("auto", big, tokens=1) and not decoded.uses_sparse("auto", big.half(), tokens=1)
+
+
+def test_the_cache_stays_within_its_bound_and_decodes_again_after_eviction():
+    masks = {
+        f"layer{i}": codec.encode(torch.rand(64, 64, generator=torch.Generator().manual_seed(i)) < 0.9)
+        for i in range(4)
+    }
+    cache = FixedMaskCache(max_bytes=2 * 4 * 500)  # about two layers' positions (4 bytes each)
+    decoded = [cache.get("task", name, encoded, torch.device("cpu")) for name, encoded in masks.items()]
+    assert 0 < cache.nbytes <= cache.max_bytes and len(cache) < 4
+    again = cache.get("task", "layer0", masks["layer0"], torch.device("cpu"))  # evicted: decoded anew
+    assert again is not decoded[0] and torch.equal(again.positions, decoded[0].positions)
+    cache.max_bytes = 0
+    assert len(cache) == 0 and cache.nbytes == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        cache.max_bytes = -1
+    with pytest.raises(ValueError, match="kernel"):
+        cache.kernel = "fast"
 
 
 def test_topk_keeps_a_fixed_fraction_per_layer():

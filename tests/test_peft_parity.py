@@ -192,7 +192,7 @@ def test_peft_names_work_or_say_what_to_use(task_masks):
     torch.testing.assert_close(merged(**random_batch()).logits, expected["sst2"])
     plain = load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=2)
     with torch.no_grad():
-        plain.classifier.weight.copy_(model.get_base_model().classifier.original_weight())
+        plain.classifier.weight.copy_(model.get_base_model().classifier.weight)
         plain.classifier.bias.copy_(model.get_base_model().classifier.bias)
     with model.disable_masks():
         torch.testing.assert_close(model(**random_batch()).logits, plain(**random_batch()).logits)

@@ -333,16 +333,15 @@ def test_a_failed_switch_leaves_the_model_exactly_as_it_was(repo, tmp_path, monk
     batch = random_batch()
     before = model(**batch).logits.clone()
     calls = []
-    real = MaskedLinear.set_fixed_mask
+    real = MaskedLinear.use_fixed_mask
 
-    def fail_on_the_fifth(self, positions, minority=0):
-        if positions is not None:
-            calls.append(1)
-            if len(calls) == 5:
-                raise RuntimeError("CUDA out of memory (simulated)")
-        return real(self, positions, minority)
+    def fail_on_the_fifth(self, fixed):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, fixed)
 
-    monkeypatch.setattr(MaskedLinear, "set_fixed_mask", fail_on_the_fifth)
+    monkeypatch.setattr(MaskedLinear, "use_fixed_mask", fail_on_the_fifth)
     with pytest.raises(RuntimeError, match="simulated"):
         model.set_active_mask("other")
     monkeypatch.undo()
