@@ -1,10 +1,12 @@
 """Many masks on one resident base (BERT-base shape): switch time and resident memory.
 
 Compares, in one run:
-- switching the active mask among 11 masks vs loading a finetuned checkpoint from disk;
+- switching the active mask among 11 masks (alone, and with the first forward that decodes the
+  mask) vs loading a finetuned checkpoint from disk;
 - switching among masks with different heads (2 and 6 labels, and 9-tag token classification), each
   head a task model around the one resident backbone;
-- resident memory (RSS) of base + 11 masks vs the base alone, each in its own process.
+- resident memory (RSS) of base + 11 masks vs the base alone, each in its own process, with the
+  decoded-mask cache off and at its default bound.
 
     python bench/multi_mask.py
 """
@@ -74,6 +76,12 @@ def prepare(workdir: str, n_masks: int) -> None:
         MaskedModel(base, MaskingConfig()).save_pretrained(os.path.join(workdir, name))
 
 
+def resident(model) -> None:
+    """Read every weight once, as serving does over time: the base's pages all in memory."""
+    with torch.no_grad():
+        sum(float(p.float().sum()) for p in model.parameters())
+
+
 def child(workdir: str, role: str, n_masks: int) -> dict:
     import transformers
     from transformers import AutoModelForSequenceClassification
@@ -82,9 +90,12 @@ def child(workdir: str, role: str, n_masks: int) -> dict:
 
     transformers.logging.set_verbosity_error()
     result: dict = {"rss_start_mb": rss_mb()}
+    batch = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
+    torch.set_grad_enabled(False)
     if role == "base":
         model = AutoModelForSequenceClassification.from_pretrained(os.path.join(workdir, "base"))
-        model(input_ids=torch.ones(1, 8, dtype=torch.long))
+        model(**batch)
+        resident(model)
     elif role == "finetuned-load":
         folder = os.path.join(workdir, "finetuned")
         times = []
@@ -92,7 +103,7 @@ def child(workdir: str, role: str, n_masks: int) -> dict:
             evict_from_page_cache(folder)
             start = time.perf_counter()
             model = AutoModelForSequenceClassification.from_pretrained(folder)
-            sum(float(p.sum()) for p in model.parameters())  # weights are mmapped: make sure they are read
+            resident(model)  # weights are mmapped: make sure they are read
             times.append(time.perf_counter() - start)
             del model
         result["load_s"] = statistics.median(times)
@@ -106,26 +117,51 @@ def child(workdir: str, role: str, n_masks: int) -> dict:
                 start = time.perf_counter()
                 model.set_active_mask(name)
                 times.append(time.perf_counter() - start)
-                model(input_ids=torch.ones(1, 8, dtype=torch.long))
+                model(**batch)
         result["switch_s"] = statistics.median(times)
     else:
         model = MaskedModel.from_pretrained(os.path.join(workdir, "mask0"))
+        if role == "masks-nocache":
+            model.fixed_masks.max_bytes = 0
         for i in range(1, n_masks):
             model.load_mask(os.path.join(workdir, f"mask{i}"), f"mask{i}")
+        resident(model)
         names = model.mask_names
-        times = []
+        switch, cold, warm = [], [], []
         for _ in range(3):
             for name in names[1:] + names[:1]:
+                model.fixed_masks.clear()  # the first forward after the switch decodes the mask
                 start = time.perf_counter()
                 model.set_active_mask(name)
-                times.append(time.perf_counter() - start)
-            model(input_ids=torch.ones(1, 8, dtype=torch.long))
-        result["switch_s"] = statistics.median(times)
+                switch.append(time.perf_counter() - start)
+                model(**batch)
+                cold.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                model(**batch)  # the same mask again: decoded already (unless the cache is off)
+                warm.append(time.perf_counter() - start)
+        for name in names:  # every mask used once: what the cache holds when it keeps them all
+            model.set_active_mask(name)
+            model(**batch)
+        with model.disable_masks():
+            result["plain_forward_s"] = statistics.median(timed_calls(lambda: model(**batch), 9))
+        result.update(switch_s=statistics.median(switch), cold_s=statistics.median(cold))
+        result["warm_s"] = statistics.median(warm)
+        result["cache_mb"] = model.fixed_masks.nbytes / 2**20
+        result["cache_bound_mb"] = model.fixed_masks.max_bytes / 2**20
         result["stored_mask_mb"] = sum(model.to_stored_mask(n).nbytes for n in names) / 2**20
         result["n_masks"] = len(names)
     result["rss_mb"] = rss_mb()
     result.update(rss_parts_mb())
     return result
+
+
+def timed_calls(call, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -139,7 +175,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         prepare(workdir, args.masks)
         runs = {}
-        for role in ("base", "finetuned-load", "masks", "heads"):
+        for role in ("base", "finetuned-load", "masks", "masks-nocache", "heads"):
             done = subprocess.run(
                 [sys.executable, __file__, "--child", workdir, role, "--masks", str(args.masks)],
                 capture_output=True,
@@ -147,33 +183,44 @@ def main() -> None:
                 check=True,
             )
             runs[role] = json.loads(done.stdout.strip().splitlines()[-1])
-    base_mb, masks_mb = runs["base"]["rss_mb"], runs["masks"]["rss_mb"]
     param_mb = 109_483_778 * 4 / 2**20
-    switch, load = runs["masks"]["switch_s"], runs["finetuned-load"]["load_s"]
+    load = runs["finetuned-load"]["load_s"]
+    masks, nocache = runs["masks"], runs["masks-nocache"]
     print(f"load a finetuned BERT-base checkpoint from disk (page cache evicted): {load * 1000:8.1f} ms")
-    label = f"switch the active mask (median over {3 * runs['masks']['n_masks']}):"
-    print(f"{label:71s}{switch * 1000:8.1f} ms")
-    print(f"switch / load ratio: {switch / load:.3f}")
+    print(f"switch among {masks['n_masks']} masks, medians over {3 * masks['n_masks']} switches:")
+    rows = [
+        ("set_active_mask alone", masks["switch_s"]),
+        ("set_active_mask + first forward, 1x8 tokens (mask decoded then)", masks["cold_s"]),
+        ("  the forward once the mask is decoded", masks["warm_s"]),
+        ("  the same forward, masks off (disable_masks)", masks["plain_forward_s"]),
+        ("switch cost = first forward + switch - decoded forward", masks["cold_s"] - masks["warm_s"]),
+        ("switch cost with the cache off (max_bytes=0)", nocache["cold_s"] - nocache["warm_s"]),
+        ("  forward with the cache off (decodes every call)", nocache["warm_s"]),
+    ]
+    for label, seconds in rows:
+        print(f"  {label:66s}{seconds * 1000:8.2f} ms  ({seconds / load:.4f} of a load)")
     heads = runs["heads"]["switch_s"]
-    label = "switch among masks with 2-label, 6-label and 9-tag token heads (median over 15):"
-    print(f"{label:71s}{heads * 1000:8.1f} ms (ratio to load {heads / load:.3f})")
-    print(
-        f"RSS base alone: {base_mb:8.1f} MB; base + {runs['masks']['n_masks']} masks: {masks_mb:8.1f} MB; "
-        f"ratio {masks_mb / base_mb:.3f}"
-    )
+    label = "set_active_mask among 2-label, 6-label and 9-tag token heads (median over 15)"
+    print(f"  {label:66s}{heads * 1000:8.2f} ms  ({heads / load:.4f} of a load)")
+    base_mb = runs["base"]["rss_mb"]
+    print("resident memory (RSS, every weight read once in each process):")
+    print(f"  base alone:                                          {base_mb:8.1f} MB")
+    for label, run in (("cache off (max_bytes=0)", nocache), ("default cache, every mask used", masks)):
+        print(
+            f"  base + {run['n_masks']} masks, {label:32s} {run['rss_mb']:8.1f} MB  ratio {run['rss_mb'] / base_mb:.3f}"
+            f"  (cache holds {run['cache_mb']:.1f} MB, bound {run['cache_bound_mb']:.0f} MB)"
+        )
     if "anon_mb" in runs["base"]:
-        base, masks = runs["base"], runs["masks"]
-        print(
-            f"  RSS split, anonymous + file-backed: base alone {base['anon_mb']:.0f} + {base['file_mb']:.0f} MB; "
-            f"base + masks {masks['anon_mb']:.0f} + {masks['file_mb']:.0f} MB"
+        parts = ", ".join(
+            f"{label} {runs[role]['anon_mb']:.0f} + {runs[role]['file_mb']:.0f} MB"
+            for label, role in (("base", "base"), ("cache off", "masks-nocache"), ("cache", "masks"))
         )
-        print(
-            "  (weights are mapped from the checkpoint: masks applied in place copy the pages they write, and "
-            "verifying the base reads every page once, embeddings included; file-backed pages are reclaimable)"
-        )
+        print(f"  RSS split, anonymous + file-backed (the checkpoint's mapped pages): {parts}")
+    stored = masks["stored_mask_mb"]
     print(
-        f"mask repos held in memory: {runs['masks']['stored_mask_mb']:.1f} MB "
-        f"({runs['masks']['stored_mask_mb'] / param_mb:.3f} of the base's {param_mb:.0f} MB of parameters)"
+        f"each loaded mask costs its compressed repo: {stored / masks['n_masks']:.2f} MB "
+        f"({stored:.1f} MB for {masks['n_masks']}, {stored / param_mb:.3f} of the base's {param_mb:.0f} MB of "
+        "parameters); decoded, a layer costs 4 bytes per masked-out weight"
     )
 
 

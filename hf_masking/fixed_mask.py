@@ -165,6 +165,12 @@ class FixedMaskCache:
         self.max_bytes = max_bytes
         self.kernel = kernel
 
+    def __getstate__(self) -> dict:  # a copy (deepcopy, pickle) starts empty, with a lock of its own
+        return {"max_bytes": self._max_bytes, "kernel": self._kernel}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_bytes"], state["kernel"])
+
     @property
     def max_bytes(self) -> int:
         return self._max_bytes

@@ -222,6 +222,12 @@ class MaskedModel(nn.Module):
                 stacklevel=3,
             )
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
+        """Moves and casts (``.to``, ``.half()``) also drop the decoded masks, made for the old device and dtype."""
+        result = super()._apply(fn, recurse)
+        self.fixed_masks.clear()
+        return result
+
     def get_base_model(self) -> nn.Module:
         """The wrapped transformers model (its masked layers included)."""
         return self.model
@@ -628,6 +634,24 @@ class MaskedModel(nn.Module):
         self._drop_unused_tasks()
 
     # ----- each row with its own mask ----------------------------------------------------
+    def group_mask_names(self, mask_names: list[str | None]) -> list[list[int]]:
+        """Indices of `mask_names` grouped so that each group can be one mixed batch (masks of one head layout).
+
+        A server collecting requests for many tasks runs one forward per group; ``None`` (no mask) goes
+        with the active mask's head.
+        """
+        groups: dict[tuple, list[int]] = {}
+        for index, name in enumerate(mask_names):
+            if name is None:
+                key = self._active_task
+            elif name == TRAINABLE_MASK and self._trainable:
+                key = self._primary
+            else:
+                self._stored_mask(name)  # a clear KeyError for unknown names
+                key = self._mask_task[name]
+            groups.setdefault(key, []).append(index)
+        return list(groups.values())
+
     def _forward_rows(self, mask_names: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         with self._rows_masked(mask_names, args, kwargs) as model:
             return model(*args, **kwargs)

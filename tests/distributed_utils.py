@@ -1,4 +1,4 @@
-"""Launching the multi-process tests: torchrun on a free local port, killable as a whole on a hang."""
+"""Launching the multi-process tests (torchrun, the example server) on a free local port, killable on a hang."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import subprocess
 import sys
 
 
-def torchrun_command(script: str, *args: str, processes: int = 2) -> list[str]:
-    """`python -m torch.distributed.run` for `script` on `processes` local ranks, on a free port."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def torchrun_command(script: str, *args: str, processes: int = 2) -> list[str]:
+    """`python -m torch.distributed.run` for `script` on `processes` local ranks, on a free port."""
+    port = free_port()
     return [
         sys.executable,
         "-m",

@@ -177,3 +177,36 @@ def test_mixed_batches_refuse_what_they_cannot_do(tmp_path):
     model.train()
     with pytest.raises(RuntimeError, match="eval"):
         model(**batch, mask_names=["m1", "m2"])
+
+
+def test_switching_writes_nothing_and_the_cache_bound_only_trades_speed(tmp_path):
+    base_dir = save_pretrained_base(tmp_path / "base")
+    _save_masks(tmp_path, lambda: load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=3))
+    model = _loaded(tmp_path, "auto")
+    batch = random_batch(batch=len(NAMES))
+    weights = {name: layer.weight for name, layer in model.masked_modules().items()}
+    before = _base_state(model)
+    expected = model(**batch, mask_names=NAMES).logits
+    assert len(model.fixed_masks) > 0 and model.fixed_masks.nbytes > 0
+    for name in ("m2", "m1", "default"):
+        model.set_active_mask(name)
+    assert all(layer.weight is weights[name] for name, layer in model.masked_modules().items())
+    assert all(torch.equal(v, before[k]) for k, v in _base_state(model).items())
+
+    model.fixed_masks.max_bytes = 0  # nothing kept: every call decodes, the answers stay the same
+    assert len(model.fixed_masks) == 0
+    # (equal up to float rounding: BLAS results can depend on how a gathered row is aligned)
+    torch.testing.assert_close(model(**batch, mask_names=NAMES).logits, expected, atol=1e-6, rtol=0)
+    assert len(model.fixed_masks) == 0 and model.fixed_masks.nbytes == 0
+
+    import copy
+
+    twin = copy.deepcopy(model)  # its own empty cache, same masks
+    torch.testing.assert_close(twin(**batch, mask_names=NAMES).logits, expected, atol=1e-6, rtol=0)
+    model.fixed_masks.max_bytes = 1 << 20
+    model(**batch, mask_names=NAMES)
+    model.to(torch.float64)  # decoded masks are per device and dtype: dropped on a move or cast
+    assert len(model.fixed_masks) == 0
+    torch.testing.assert_close(model(**batch, mask_names=NAMES).logits.float(), expected, atol=1e-5, rtol=0)
+    model.delete_mask("m2")
+    assert not [key for key in model.fixed_masks._entries if key[0] == "m2"]

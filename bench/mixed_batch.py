@@ -1,0 +1,167 @@
+"""Mixed-mask batches: 32 rows spread over 1, 2, 4 and 11 masks, against the alternatives, in one run.
+
+For each model (all-MiniLM-L6-v2 and the BERT-base shape) and sequence length, the median time of:
+- base: the plain model, no masking, on the batch (the reference of every ratio);
+- mixed: ``model(**batch, mask_names=[...])`` on the resident base;
+- grouped: one forward per mask on its rows, with ``set_active_mask`` in between;
+- lora-mixed: PEFT LoRA (r=8 on query/value, PEFT's default for BERT) with as many adapters,
+  ``model(**batch, adapter_names=[...])``.
+The masks are random masks at 8% sparsity (the SST-2 demo mask has 8.3%). ``--kernels`` adds the
+sweep behind `hf_masking.fixed_mask`'s choice between its dense and sparse kernels.
+
+    python bench/mixed_batch.py [--models minilm bert-base] [--lengths 128 8] [--repeats 3] [--kernels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import build  # noqa: E402
+
+ROWS = 32
+SPREADS = (1, 2, 4, 11)
+
+
+def timed(call, repeats: int) -> float:
+    call()  # warm-up: allocator, kernels, decoded-mask cache
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def masked_models(base, n_masks: int):
+    """A serving MaskedModel with n loaded masks (m0…), each with its own head, on a copy of `base`."""
+    from hf_masking import MaskedModel, MaskingConfig
+    from hf_masking.model import init_scores
+
+    trainer = MaskedModel(copy.deepcopy(base), MaskingConfig(initial_sparsity=0.08))
+    stored = []
+    for seed in range(n_masks):
+        config = MaskingConfig(initial_sparsity=0.08, seed=seed)
+        with torch.no_grad():
+            for name, layer in trainer.masked_modules().items():
+                layer.mask_scores.copy_(init_scores(layer.weight.shape, name, config))
+            torch.manual_seed(seed)
+            trainer.get_base_model().classifier.weight.normal_(std=0.02)
+        stored.append(trainer.to_stored_mask())
+    serving = MaskedModel(
+        copy.deepcopy(base), stored[0].config, trainable=False, masked_modules=stored[0].record["masked_modules"]
+    )
+    for seed, mask in enumerate(stored):
+        serving.load_mask(mask, f"m{seed}")
+    serving.set_active_mask("m0")
+    return serving.eval()
+
+
+def lora_model(base, n_adapters: int):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(base), config, adapter_name="a0")
+    for i in range(1, n_adapters):
+        model.add_adapter(f"a{i}", config)
+    return model.eval()
+
+
+def run_model(name: str, lengths: list[int], repeats: int) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    base = build(name).eval()
+    masked = masked_models(base, max(SPREADS))
+    lora = lora_model(base, max(SPREADS))
+    vocab = base.config.vocab_size
+    print(f"\n{name}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters, batch {ROWS} rows")
+    with torch.no_grad():
+        for length in lengths:
+            generator = torch.Generator().manual_seed(length)
+            batch = {"input_ids": torch.randint(1000, vocab, (ROWS, length), generator=generator)}
+            batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+            plain = timed(partial(base, **batch), repeats)
+            print(f"  length {length}: base forward {plain * 1000:8.1f} ms")
+            print(f"    {'masks':>5} {'mixed':>16} {'grouped+switch':>16} {'lora-mixed':>16}   (ms, ratio to base)")
+            for spread in SPREADS:
+                names = [f"m{i % spread}" for i in range(ROWS)]
+                adapters = [f"a{i % spread}" for i in range(ROWS)]
+                mixed = timed(partial(masked, **batch, mask_names=names), repeats)
+                grouped = timed(partial(grouped_forward, masked, batch, names), repeats)
+                peft = timed(partial(lora, **batch, adapter_names=adapters), repeats)
+                cells = [f"{t * 1000:8.1f} {t / plain:5.2f}x" for t in (mixed, grouped, peft)]
+                print(f"    {spread:5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+            masked.set_active_mask("m0")
+    cache = masked.fixed_masks
+    print(f"  decoded-mask cache after the runs: {cache.nbytes / 2**20:.1f} MB in {len(cache)} layer entries")
+
+
+def grouped_forward(model, batch: dict, names: list[str]) -> torch.Tensor:
+    """The way without mixed batches: one forward per mask on its rows, switching in between."""
+    out = None
+    for name in dict.fromkeys(names):
+        rows = torch.tensor([i for i, n in enumerate(names) if n == name])
+        model.set_active_mask(name)
+        logits = model(**{k: v[rows] for k, v in batch.items()}).logits
+        if out is None:
+            out = logits.new_empty((len(names), *logits.shape[1:]))
+        out[rows] = logits
+    return out
+
+
+def kernel_sweep() -> None:
+    """Time of each kernel (sparse / dense) per layer shape, tokens and share of masked-out weights."""
+    from hf_masking.fixed_mask import DecodedMask
+
+    print("\nkernel sweep: time of the sparse kernel / time of the dense kernel (< 1: sparse is faster)")
+    tokens = (1, 4, 16, 64, 256, 1024)
+    print(f"  {'layer':>10} {'masked':>6} " + " ".join(f"{'N=' + str(n):>7}" for n in tokens))
+    for rows, cols in ((32, 32), (128, 128), (384, 384), (1536, 384), (768, 768), (3072, 768)):
+        for share in (0.05, 0.2):
+            torch.manual_seed(0)
+            weight = torch.randn(rows, cols)
+            decoded = DecodedMask.from_bool(torch.rand(rows, cols) >= share)
+            ratios = []
+            for n in tokens:
+                x = torch.randn(n, cols)
+                sparse = timed(partial(sparse_kernel, decoded, x, weight), 20)
+                ratios.append(sparse / timed(partial(dense_kernel, decoded, x, weight), 20))
+            cells = " ".join(f"{r:7.2f}" for r in ratios)
+            print(f"  {f'{rows}x{cols}':>10} {share:6.0%} {cells}")
+
+
+def sparse_kernel(decoded, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight) - decoded.correction(x, weight, False)
+
+
+def dense_kernel(decoded, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, decoded.apply_to(weight))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[128, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kernels", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    for name in args.models:
+        run_model(name, args.lengths, args.repeats)
+    if args.kernels:
+        kernel_sweep()
+
+
+if __name__ == "__main__":
+    main()
