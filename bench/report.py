@@ -349,6 +349,11 @@ def main() -> None:
         ("codec", "Mask codec", "python bench/codec.py"),
         ("multi_mask", "Many masks on one base", "python bench/multi_mask.py"),
         (
+            "mixed_batch",
+            "Mixed-mask batches: throughput against the plain base, grouping with switches, and PEFT LoRA",
+            "python bench/mixed_batch.py --kernels",
+        ),
+        (
             "decoder_memory_fp32",
             "Decoder LM (~1B Llama shape): memory and step time, fp32 weights",
             "python bench/decoder_memory.py --weights fp32",
