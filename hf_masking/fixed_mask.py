@@ -47,6 +47,11 @@ class DecodedMask:
     minority: int  # 0: the positions are masked out; 1: the positions are the only ones kept
     numel: int
     _sparse: tuple | None = field(default=None, repr=False)  # (weight, its version, CSR matrix)
+    nbytes: int = 0  # what it holds: the positions, and the sparse matrix once built
+
+    def __post_init__(self) -> None:
+        self._positions_bytes = self.positions.numel() * self.positions.element_size()
+        self.nbytes = self._positions_bytes
 
     @classmethod
     def from_encoded(cls, encoded: codec.EncodedMask, device: torch.device) -> DecodedMask:
@@ -60,14 +65,6 @@ class DecodedMask:
         index = torch.int32 if flat.numel() < 2**31 else torch.int64
         positions = torch.nonzero(flat == bool(minority)).view(-1).to(index)
         return cls(positions, minority, flat.numel())
-
-    @property
-    def nbytes(self) -> int:
-        extra = 0
-        if self._sparse is not None:
-            matrix = self._sparse[2]
-            extra = sum(t.numel() * t.element_size() for t in (matrix.values(), matrix.col_indices()))
-        return self.positions.numel() * self.positions.element_size() + extra
 
     def to_bool(self, shape: torch.Size) -> torch.Tensor:
         flat = torch.full((self.numel,), not self.minority, dtype=torch.bool, device=self.positions.device)
@@ -92,24 +89,29 @@ class DecodedMask:
         cached = self._sparse
         if cached is not None and cached[0] is weight and cached[1] == weight._version:
             return cached[2]
-        positions = self.positions.long()
+        positions = self.positions
         rows_stored, cols_stored = weight.shape
-        if transposed:  # GPT-2's Conv1D stores [in, out]: the CSR rows are its columns
-            inputs, outputs = positions // cols_stored, positions % cols_stored
+        if transposed:  # GPT-2's Conv1D stores [in, out]: the CSR rows are its columns, so reorder
+            wide = positions.long()
+            inputs, outputs = wide // cols_stored, wide % cols_stored
             order = torch.argsort(outputs * rows_stored + inputs)
             outputs, inputs, positions = outputs[order], inputs[order], positions[order]
             shape = (cols_stored, rows_stored)
-        else:
-            outputs, inputs = positions // cols_stored, positions % cols_stored
+            crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=weight.device)
+            crow[1:] = torch.bincount(outputs, minlength=shape[0]).cumsum(0)
+        else:  # sorted flat positions: row r's entries are those in [r * cols, (r + 1) * cols)
             shape = (rows_stored, cols_stored)
-        index = torch.int32 if max(shape) < 2**31 and positions.numel() < 2**31 else torch.int64
-        crow = torch.zeros(shape[0] + 1, dtype=index, device=weight.device)
-        crow[1:] = torch.bincount(outputs, minlength=shape[0]).cumsum(0)
+            bounds = torch.arange(rows_stored + 1, device=weight.device, dtype=torch.long) * cols_stored
+            crow = torch.searchsorted(positions, bounds.to(positions.dtype))
+            inputs = positions % cols_stored
+        index = torch.int32 if weight.numel() < 2**31 else torch.int64
         values = weight.detach().reshape(-1)[positions]
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are stable
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            matrix = torch.sparse_csr_tensor(crow, inputs.to(index), values, shape, check_invariants=False)
+            matrix = torch.sparse_csr_tensor(crow.to(index), inputs.to(index), values, shape, check_invariants=False)
         self._sparse = (weight, weight._version, matrix)
+        index_bytes = 4 if index is torch.int32 else 8
+        self.nbytes = self._positions_bytes + values.numel() * (values.element_size() + index_bytes)
         return matrix
 
     def uses_sparse(self, kernel: Kernel, weight: torch.Tensor, tokens: int) -> bool:
@@ -215,7 +217,7 @@ class FixedMaskCache:
                 del self._sizes[key]
 
     def get(self, mask_name: str, module_name: str, encoded: codec.EncodedMask, device: torch.device) -> DecodedMask:
-        key = (mask_name, module_name, str(device))
+        key = (mask_name, module_name, device)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:

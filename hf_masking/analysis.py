@@ -1,0 +1,161 @@
+"""The paper's analyses of masks (§6), as functions of mask repos: what a mask is, how two masks differ.
+
+Both work from the repos alone, without loading the base: a repo records its masked modules, the
+shapes and digests of the base's tensors, and the config and seed its initial mask came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import codec
+from .binarizer import make_binarizer
+from .errors import BaseModelMismatchError
+from .repo import StoredMask
+
+_BLOCK = re.compile(r"\.(\d+)\.")
+
+
+def split_block(module_name: str) -> tuple[int | None, str]:
+    """(block index, module type) of a masked module: ``bert.encoder.layer.3.attention.self.query`` is
+    (3, ``attention.self.query``); a module outside the blocks (pooler, classifier) is (None, its name)."""
+    match = _BLOCK.search(module_name)
+    if match is None:
+        return None, module_name
+    return int(match.group(1)), module_name[match.end() :]
+
+
+def _bits(encoded: codec.EncodedMask) -> tuple[int, int]:
+    """(masked-out count, size) of a stored mask, from its positions."""
+    positions, minority, numel = codec.decode_positions(encoded.data)
+    return (positions.size if minority == 0 else numel - positions.size), numel
+
+
+@dataclass
+class MaskReport:
+    """What `hf-masking inspect` prints: the repo's base and head, sizes, and sparsity by block and module."""
+
+    base_model: str | None
+    base_revision: str | None
+    head_class: str
+    model_type: str | None
+    codec: str
+    global_sparsity: float
+    blocks: dict[int, float]
+    modules: dict[str, float]
+    bytes: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base_model": self.base_model,
+            "base_revision": self.base_revision,
+            "head_class": self.head_class,
+            "model_type": self.model_type,
+            "codec": self.codec,
+            "global_sparsity": self.global_sparsity,
+            "blocks": {str(k): v for k, v in self.blocks.items()},
+            "modules": self.modules,
+            "bytes": self.bytes,
+        }
+
+
+def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
+    """Sparsity per module and per block (fraction of weights masked out) and the repo's size against the
+    full model's (every base tensor in its recorded dtype; the head in the mask)."""
+    counts = {name: _bits(encoded) for name, encoded in stored.masks.items()}
+    blocks: dict[int, list[int]] = {}
+    for name, (zeros, numel) in counts.items():
+        block, _ = split_block(name)
+        if block is not None:
+            acc = blocks.setdefault(block, [0, 0])
+            acc[0] += zeros
+            acc[1] += numel
+    zeros = sum(z for z, _ in counts.values())
+    total = sum(n for _, n in counts.values())
+    tensors = stored.record["base_fingerprint"]["tensors"]
+    base_bytes = sum(
+        int(np.prod(t["shape"], dtype=np.int64)) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()
+        for t in tensors.values()
+    )
+    head_bytes = sum(t.numel() * t.element_size() for t in stored.head.values())
+    sizes = {"mask_in_memory": stored.nbytes, "full_model": base_bytes + head_bytes}
+    if folder is not None:
+        sizes["repo_on_disk"] = sum(
+            os.path.getsize(os.path.join(folder, f))
+            for f in os.listdir(folder)
+            if os.path.isfile(os.path.join(folder, f))
+        )
+    return MaskReport(
+        base_model=stored.record.get("base_model_name_or_path"),
+        base_revision=stored.record.get("base_model_revision"),
+        head_class=stored.record["head_class"],
+        model_type=stored.record.get("model_type"),
+        codec=f"{codec.CODEC_NAME} v{codec.CODEC_VERSION}",
+        global_sparsity=zeros / total if total else 0.0,
+        blocks={b: z / n for b, (z, n) in sorted(blocks.items())},
+        modules={name: z / n for name, (z, n) in counts.items()},
+        bytes=sizes,
+    )
+
+
+def _dtype(name: str) -> torch.dtype:
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} in the base fingerprint")
+    return value
+
+
+def initial_mask(stored: StoredMask, module_name: str) -> torch.Tensor:
+    """The mask training started from: regenerated from the repo's config and seed (as `MaskedModel` drew it)."""
+    from .model import init_scores
+
+    config = stored.config
+    shape = torch.Size(stored.masks[module_name].shape)
+    binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
+    return binarize(init_scores(shape, module_name, config).float())
+
+
+def dissimilarity(a: StoredMask, b: StoredMask) -> dict[str, float | None]:
+    """§6.2's s = ‖M_A − M_B‖₁ / (‖M_A − M_A,init‖₁ + ‖M_B − M_B,init‖₁) per masked module.
+
+    0: the same mask; about 1 or more: the two masks moved away from their starts in unrelated ways.
+    None where neither mask moved from its start (s is undefined). Refused, naming the first
+    difference, when the masks are of different bases or layers.
+    """
+    check_comparable(a, b)
+    out: dict[str, float | None] = {}
+    for name in a.masks:
+        mask_a, mask_b = codec.decode(a.masks[name]), codec.decode(b.masks[name])
+        moved = int((mask_a != initial_mask(a, name)).sum()) + int((mask_b != initial_mask(b, name)).sum())
+        out[name] = int((mask_a != mask_b).sum()) / moved if moved else None
+    return out
+
+
+def check_comparable(a: StoredMask, b: StoredMask) -> None:
+    """Two masks compare entry by entry only on the same base tensors and the same layers."""
+    modules_a, modules_b = list(a.masks), list(b.masks)
+    difference = sorted(set(modules_a) ^ set(modules_b))
+    if difference:
+        raise BaseModelMismatchError(
+            f"The two masks cover different layers (first difference: {difference[0]}); compare masks of one base "
+            "and one masking config."
+        )
+    tensors_a = a.record["base_fingerprint"]["tensors"]
+    tensors_b = b.record["base_fingerprint"]["tensors"]
+    for name in modules_a:
+        weight = f"{name}.weight"
+        if a.masks[name].shape != b.masks[name].shape:
+            raise BaseModelMismatchError(
+                f"The masks of {name} have shapes {list(a.masks[name].shape)} and {list(b.masks[name].shape)}."
+            )
+        if weight in tensors_a and weight in tensors_b and tensors_a[weight]["sha256"] != tensors_b[weight]["sha256"]:
+            raise BaseModelMismatchError(
+                f"The two masks were trained on different bases: the weight {weight} differs "
+                f"({a.record.get('base_model_name_or_path')} vs {b.record.get('base_model_name_or_path')})."
+            )

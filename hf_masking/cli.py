@@ -1,0 +1,197 @@
+"""``hf-masking``: the paper's analyses of mask repos from the command line (also ``python -m hf_masking``).
+
+    hf-masking inspect REPO [--json out.json] [--plot sparsity.png]
+    hf-masking compare REPO_A REPO_B [--json out.json] [--plot dissimilarity.png]
+
+Each subcommand prints a table, writes its numbers with ``--json`` and a figure with ``--plot``
+(matplotlib). The same numbers come from `hf_masking.analysis` in a notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import analysis
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"wrote {path}")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from err
+    return plt
+
+
+def _read(repo: str, revision: str | None, token: str | None):
+    from . import hub
+    from .repo import read_folder
+
+    folder, _ = hub.resolve_repo(repo, revision, token)
+    return read_folder(folder), folder
+
+
+def _types_and_blocks(names: Sequence[str]) -> tuple[list[str], list[int]]:
+    types, blocks = [], []
+    for name in names:
+        block, kind = analysis.split_block(name)
+        if block is not None:
+            types.append(kind) if kind not in types else None
+            blocks.append(block) if block not in blocks else None
+    return types, sorted(blocks)
+
+
+def inspect_command(args: argparse.Namespace) -> None:
+    stored, folder = _read(args.repo, args.revision, args.token)
+    report = analysis.inspect_mask(stored, folder)
+    revision = f"@{report.base_revision}" if report.base_revision else ""
+    print(f"mask repo {args.repo}: a {report.head_class} mask on {report.base_model}{revision}")
+    print(f"codec {report.codec}; {len(report.modules)} masked modules; global sparsity {report.global_sparsity:.4f}")
+    sizes = report.bytes
+    on_disk = sizes.get("repo_on_disk", sizes["mask_in_memory"])
+    print(
+        f"size: {on_disk:,} bytes on disk vs {sizes['full_model']:,} for the full model "
+        f"({on_disk / sizes['full_model']:.4f})"
+    )
+    print(f"\n{'block':>5}  sparsity")
+    for block, value in report.blocks.items():
+        print(f"{block:>5}  {value:.4f}")
+    print(f"\n{'module':<60} sparsity")
+    for name, value in report.modules.items():
+        print(f"{name:<60} {value:.4f}")
+    _write_json(
+        args.json,
+        {
+            "repo": args.repo,
+            **report.to_dict(),
+        },
+    )
+    if args.plot:
+        plot_block_sparsity(report, args.repo, args.plot)
+
+
+def plot_block_sparsity(report: analysis.MaskReport, title: str, path: str) -> None:
+    """Bars per block, one bar per module type (as the paper's per-layer sparsity figures)."""
+    plt = _pyplot()
+    types, blocks = _types_and_blocks(list(report.modules))
+    figure, axes = plt.subplots(figsize=(max(6, len(blocks) * 0.9), 4))
+    width = 0.8 / max(len(types), 1)
+    for i, kind in enumerate(types):
+        values = []
+        for block in blocks:
+            matches = [v for n, v in report.modules.items() if analysis.split_block(n) == (block, kind)]
+            values.append(matches[0] if matches else math.nan)
+        axes.bar([b + (i - (len(types) - 1) / 2) * width for b in blocks], values, width, label=kind)
+    axes.set_xticks(blocks)
+    axes.set_xlabel("transformer block")
+    axes.set_ylabel("fraction of weights masked out")
+    axes.set_title(f"Sparsity per block and module: {os.path.basename(title.rstrip('/'))}")
+    axes.legend(fontsize="small", ncol=2, title="module")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+def compare_command(args: argparse.Namespace) -> None:
+    (a, _), (b, _) = _read(args.repo_a, args.revision, args.token), _read(args.repo_b, args.revision, args.token)
+    values = analysis.dissimilarity(a, b)
+    print(f"masks A = {args.repo_a}, B = {args.repo_b}")
+    print("dissimilarity s = |M_A - M_B|_1 / (|M_A - M_A,init|_1 + |M_B - M_B,init|_1)")
+    print(f"\n{'module':<60} s")
+    for name, value in values.items():
+        print(f"{name:<60} {'undefined (neither moved)' if value is None else f'{value:.4f}'}")
+    defined = [v for v in values.values() if v is not None]
+    if defined:
+        print(f"\nmean over modules: {sum(defined) / len(defined):.4f}")
+    _write_json(args.json, {"repo_a": args.repo_a, "repo_b": args.repo_b, "dissimilarity": values})
+    if args.plot:
+        plot_dissimilarity(values, f"{args.repo_a} vs {args.repo_b}", args.plot)
+
+
+def plot_dissimilarity(values: dict[str, float | None], title: str, path: str) -> None:
+    """A blocks x module-type heatmap of s, as the paper's Figure 5."""
+    plt = _pyplot()
+    types, blocks = _types_and_blocks(list(values))
+    grid = [[math.nan] * len(blocks) for _ in types]
+    for name, value in values.items():
+        block, kind = analysis.split_block(name)
+        if block is not None and value is not None:
+            grid[types.index(kind)][blocks.index(block)] = value
+    figure, axes = plt.subplots(figsize=(max(5, len(blocks) * 0.7), max(3, len(types) * 0.5)))
+    image = axes.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+    axes.set_xticks(range(len(blocks)), [str(b) for b in blocks])
+    axes.set_yticks(range(len(types)), types)
+    axes.set_xlabel("transformer block")
+    axes.set_ylabel("module")
+    axes.set_title(f"Mask dissimilarity s: {title}", fontsize="medium")
+    figure.colorbar(image, ax=axes, label="s (0: same mask)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-masking", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser, plot_help: str) -> None:
+        sub.add_argument("--revision", help="a Hub revision (branch, tag or commit) of the repo(s)")
+        sub.add_argument("--token", help="a Hub token for private repos")
+        sub.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+        sub.add_argument("--plot", metavar="PATH.png", help=plot_help)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="what a mask repo is: base, head, size, sparsity per block and module",
+        description="What a mask repo is: its base model and revision, head, codec, bytes on disk against the "
+        "full model, and the sparsity of each block and masked module (no base model is loaded).",
+    )
+    inspect.add_argument("repo", help="a mask repo: a folder or a Hub id")
+    common(inspect, "per-block sparsity bars, one bar per module type")
+    inspect.set_defaults(run=inspect_command)
+
+    compare = commands.add_parser(
+        "compare",
+        help="how different two masks are (paper §6.2), per module",
+        description="The dissimilarity s = |M_A - M_B|_1 / (|M_A - M_A,init|_1 + |M_B - M_B,init|_1) of two masks "
+        "of one base, per masked module; the initial masks are regenerated from each repo's config and seed.",
+    )
+    compare.add_argument("repo_a")
+    compare.add_argument("repo_b")
+    common(compare, "a blocks x module-type heatmap of s (paper Figure 5)")
+    compare.set_defaults(run=compare_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from .errors import BaseModelMismatchError, MaskRepoError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (MaskRepoError, BaseModelMismatchError, OSError) as err:
+        print(f"hf-masking {args.command}: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""`hf-masking inspect` and `compare`: their numbers checked against direct computations on tiny masks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import load_quietly, save_pretrained_base, train_a_little
+from transformers import AutoModelForSequenceClassification
+
+from hf_masking import MaskedModel, MaskingConfig, codec
+from hf_masking.cli import main
+
+
+def _train(base_dir, seed: int, out) -> tuple[MaskedModel, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    model = MaskedModel(
+        load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=2),
+        MaskingConfig(initial_sparsity=0.1, seed=seed),
+    )
+    initial = {name: mask.clone() for name, mask in model.masks().items()}
+    train_a_little(model, steps=4, seed=seed, lr=0.1)
+    model.save_pretrained(out)
+    return model, initial
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    base_dir = save_pretrained_base(root / "base")
+    a, a_init = _train(base_dir, 0, root / "a")
+    b, b_init = _train(base_dir, 1, root / "b")
+    other_base = save_pretrained_base(root / "other-base", seed=7)
+    _train(other_base, 0, root / "other")
+    return root, (a, a_init), (b, b_init)
+
+
+def test_inspect_reports_what_the_model_itself_says(masks, tmp_path, capsys):
+    root, (a, _), _ = masks
+    main(["inspect", str(root / "a"), "--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "a.json").read_text())
+    expected = a.sparsity()
+    assert report["global_sparsity"] == pytest.approx(expected["global"])
+    assert {int(k): v for k, v in report["blocks"].items()} == pytest.approx(expected["blocks"])
+    assert report["modules"] == pytest.approx(expected["modules"])
+    assert report["head_class"] == "BertForSequenceClassification"
+    on_disk = sum(os.path.getsize(root / "a" / f) for f in os.listdir(root / "a"))
+    full = sum(p.numel() * p.element_size() for n, p in a.get_base_model().named_parameters() if "mask_scores" not in n)
+    full += sum(b.numel() * b.element_size() for b in a.get_base_model().buffers())
+    assert report["bytes"]["repo_on_disk"] == on_disk
+    assert report["bytes"]["full_model"] == pytest.approx(full, rel=0.01)  # non-persistent buffers aside
+    assert f"global sparsity {expected['global']:.4f}" in out and "attention.self.query" in out
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def _direct_s(a, a_init, b, b_init) -> dict[str, float]:
+    masks_a, masks_b = a.masks(), b.masks()
+    return {
+        name: float((masks_a[name] != masks_b[name]).sum())
+        / float((masks_a[name] != a_init[name]).sum() + (masks_b[name] != b_init[name]).sum())
+        for name in masks_a
+    }
+
+
+def test_compare_matches_the_paper_formula_and_a_mask_with_itself_is_zero(masks, tmp_path):
+    root, (a, a_init), (b, b_init) = masks
+    main(
+        [
+            "compare",
+            str(root / "a"),
+            str(root / "b"),
+            "--json",
+            str(tmp_path / "ab.json"),
+            "--plot",
+            str(tmp_path / "ab.png"),
+        ]
+    )
+    result = json.loads((tmp_path / "ab.json").read_text())["dissimilarity"]
+    assert result == pytest.approx(_direct_s(a, a_init, b, b_init))
+    assert 0.2 < min(result.values())  # two seeds' masks differ
+    assert (tmp_path / "ab.png").stat().st_size > 10_000
+    main(["compare", str(root / "a"), str(root / "a"), "--json", str(tmp_path / "aa.json")])
+    assert set(json.loads((tmp_path / "aa.json").read_text())["dissimilarity"].values()) == {0.0}
+
+
+def test_compare_refuses_masks_of_different_bases(masks, capsys):
+    root, _, _ = masks
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(root / "a"), str(root / "other")])
+    assert exit_info.value.code == 2
+    assert "different bases" in capsys.readouterr().err
+
+
+def test_an_untouched_mask_has_no_defined_dissimilarity(masks, tmp_path):
+    root, _, _ = masks
+    fresh = MaskedModel(
+        load_quietly(AutoModelForSequenceClassification, root / "base", num_labels=2),
+        MaskingConfig(initial_sparsity=0.1, seed=3),
+    )
+    fresh.save_pretrained(tmp_path / "fresh")
+    main(["compare", str(tmp_path / "fresh"), str(tmp_path / "fresh"), "--json", str(tmp_path / "ff.json")])
+    assert set(json.loads((tmp_path / "ff.json").read_text())["dissimilarity"].values()) == {None}
+    assert codec.CODEC_NAME  # the codec the report names
+
+
+def test_the_command_line_runs_as_a_module_with_help_on_every_subcommand():
+    for args in ([], ["inspect"], ["compare"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "hf_masking", *args, "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0 and "usage: hf-masking" in done.stdout, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_masking", "inspect", "/no/such/mask"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "/no/such/mask" in done.stderr and "Traceback" not in done.stderr
