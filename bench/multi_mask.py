@@ -220,7 +220,8 @@ def main() -> None:
     print(
         f"each loaded mask costs its compressed repo: {stored / masks['n_masks']:.2f} MB "
         f"({stored:.1f} MB for {masks['n_masks']}, {stored / param_mb:.3f} of the base's {param_mb:.0f} MB of "
-        "parameters); decoded, a layer costs 4 bytes per masked-out weight"
+        "parameters); the cache holds 4 bytes per masked-out weight of each decoded layer, 8 more once its "
+        "sparse kernel ran"
     )
 
 

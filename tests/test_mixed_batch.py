@@ -2,14 +2,12 @@
 
 import pytest
 import torch
-from conftest import load_quietly, random_batch, save_pretrained_base
+from conftest import load_quietly, random_batch, save_pretrained_base, tiny_config
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
-    GPT2Config,
-    LlamaConfig,
 )
 
 from hf_masking import MaskedModel, MaskingConfig
@@ -19,21 +17,7 @@ HEADS = {
     "token": (AutoModelForTokenClassification, {"num_labels": 5}),
     "choice": (AutoModelForMultipleChoice, {}),
 }
-DECODERS = {
-    "llama": lambda: LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=120,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=64, vocab_size=120, pad_token_id=0),
-}
+DECODERS = ("gpt2", "llama")  # GPT-2: Conv1D layers, stored transposed
 NAMES = ["m1", "default", None, "m2", "m1", "default"]  # one per example; None: the base without a mask
 
 
@@ -111,10 +95,10 @@ def test_each_row_computes_with_its_own_mask_and_head(head, kernel, tmp_path):
 
 
 @pytest.mark.parametrize("kernel", ["dense", "sparse"])
-@pytest.mark.parametrize("family", sorted(DECODERS))
+@pytest.mark.parametrize("family", DECODERS)
 def test_causal_lm_rows_and_generated_sequences_keep_their_masks(family, kernel, tmp_path):
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(DECODERS[family]()).save_pretrained(tmp_path / "base")
+    AutoModelForCausalLM.from_config(tiny_config(family)).save_pretrained(tmp_path / "base")
     _save_masks(tmp_path, lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "base"))
     model = _loaded(tmp_path, kernel)
     prompts = random_batch(batch=len(NAMES), length=6)
