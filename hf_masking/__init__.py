@@ -8,7 +8,7 @@ from .errors import BaseModelMismatchError, MaskRepoError
 from .layers import MaskedLinear
 from .model import MaskedModel
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BaseModelMismatchError",
