@@ -2,6 +2,7 @@
 
     hf-masking inspect REPO [--json out.json] [--plot sparsity.png]
     hf-masking compare REPO_A REPO_B [--json out.json] [--plot dissimilarity.png]
+    hf-masking evaluate REPO [REPO ...] --data dev.tsv [--ensemble all] [--label-map a=b,...]
 
 Each subcommand prints a table, writes its numbers with ``--json`` and a figure with ``--plot``
 (matplotlib). The same numbers come from `hf_masking.analysis` in a notebook.
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import analysis
+from .ensemble import COMBINES
 
 
 def _write_json(path: str | None, payload: Any) -> None:
@@ -147,6 +149,56 @@ def plot_dissimilarity(values: dict[str, float | None], title: str, path: str) -
     print(f"wrote {path}")
 
 
+def evaluate_command(args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from . import evaluation
+    from .model import MaskedModel
+
+    model = MaskedModel.from_pretrained(args.repos[0], args.revision, args.token, base_model=args.base_model)
+    names = {"default": args.repos[0]}
+    for i, repo in enumerate(args.repos[1:], start=1):
+        model.load_mask(repo, f"mask{i}", args.revision, args.token)
+        names[f"mask{i}"] = repo
+    label_sets = {n: _id2label(model, n) for n in names}
+    id2label = label_sets["default"]
+    other = next((n for n, labels in label_sets.items() if labels != id2label), None)
+    if other is not None:
+        raise SystemExit(f"{names[other]} has other labels than {args.repos[0]}: evaluate masks of one label set.")
+    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
+    gold = evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or model.get_base_model().name_or_path)
+    logits = evaluation.mask_logits(model, list(names), data, tokenizer, args.batch_size, args.max_seq_length)
+    ensembles = COMBINES if args.ensemble == "all" else ((args.ensemble,) if args.ensemble else ())
+    if ensembles and len(names) < 2:
+        print("(an ensemble of one mask is that mask)")
+    results = evaluation.evaluate({names[n]: v for n, v in logits.items()}, gold, ensembles)
+    baseline = results["majority_baseline"]
+    majority = id2label[baseline["label_id"]]
+    print(f"{args.data}: {results['rows']} rows; majority baseline ({majority}) {baseline['accuracy']:.4f}")
+    print(f"\n{'':<50} {'accuracy':>9} {'over majority':>14}")
+    rows = [(repo, r) for repo, r in results["masks"].items()]
+    rows += [(f"ensemble of {len(names)} ({how})", r) for how, r in results["ensembles"].items()]
+    for label, result in rows:
+        print(f"{label:<50} {result['accuracy']:9.4f} {result['over_majority']:+14.4f}")
+    _write_json(args.json, {"data": args.data, **results})
+
+
+def _id2label(model, name: str) -> dict[int, str]:
+    labels = model.to_stored_mask(name).record["label_config"]
+    id2label = labels.get("id2label") or {}
+    return {i: id2label.get(str(i), f"LABEL_{i}") for i in range(labels["num_labels"])}
+
+
+def _label_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--label-map takes data_label=mask_label pairs separated by commas, not {text!r}.")
+    return {a: b for a, b in pairs}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-masking", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,6 +231,33 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("repo_b")
     common(compare, "a blocks x module-type heatmap of s (paper Figure 5)")
     compare.set_defaults(run=compare_command)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="masks alone and as ensembles on labelled data (paper Tables 2 and 3)",
+        description="Accuracy of each mask alone and, with --ensemble, of their ensembles, against the majority "
+        "baseline of the evaluated file. --label-map applies a mask to another dataset of its task type (paper "
+        "Table 3's transfer): the improvement over that dataset's majority baseline is printed.",
+    )
+    evaluate.add_argument("repos", nargs="+", metavar="REPO", help="mask repos of one base and one label set")
+    evaluate.add_argument(
+        "--data", required=True, help="a labelled file: GLUE's own (with --task_name), csv, tsv, json(l)"
+    )
+    evaluate.add_argument("--task_name", help="read --data as this GLUE task's file as distributed")
+    evaluate.add_argument("--label_column", default="label")
+    evaluate.add_argument("--text_columns", nargs="+", help="one or two text columns (default: the first two others)")
+    evaluate.add_argument("--ensemble", choices=[*COMBINES, "all"], help="also evaluate the ensemble(s)")
+    evaluate.add_argument(
+        "--label-map", dest="label_map", help="data_label=mask_label,... for another dataset's labels"
+    )
+    evaluate.add_argument("--base_model", help="the base (folder or id) instead of the one the masks record")
+    evaluate.add_argument("--tokenizer", help="default: the base model's")
+    evaluate.add_argument("--batch_size", type=int, default=32)
+    evaluate.add_argument("--max_seq_length", type=int, default=128)
+    evaluate.add_argument("--revision", help="a Hub revision of the repos")
+    evaluate.add_argument("--token", help="a Hub token for private repos")
+    evaluate.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    evaluate.set_defaults(run=evaluate_command)
     return parser
 
 
@@ -188,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (MaskRepoError, BaseModelMismatchError, OSError) as err:
+    except (MaskRepoError, BaseModelMismatchError, OSError, ValueError) as err:
         print(f"hf-masking {args.command}: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

@@ -10,6 +10,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .model import MaskedModel
 
 Combine = Literal["logits", "probs", "labels"]
+COMBINES: tuple[Combine, ...] = ("labels", "logits", "probs")
 
 
 class MaskEnsemble:
@@ -48,13 +49,15 @@ class MaskEnsemble:
         finally:
             if previous is not None:
                 self.model.set_active_mask(previous)
-        stacked = torch.stack(logits)  # (members, batch, ..., labels)
-        if self.combine == "logits":
-            combined = stacked.mean(0)
-        elif self.combine == "probs":
-            combined = stacked.softmax(-1).mean(0)
-        else:
-            votes = torch.nn.functional.one_hot(stacked.argmax(-1), stacked.shape[-1]).sum(0).float()
-            tie_break = stacked.softmax(-1).sum(0) / (len(self.mask_names) + 1)  # < 1: only breaks ties
-            combined = votes + tie_break
-        return SequenceClassifierOutput(logits=combined)
+        return SequenceClassifierOutput(logits=combine_logits(torch.stack(logits), self.combine))
+
+
+def combine_logits(stacked: torch.Tensor, combine: Combine) -> torch.Tensor:
+    """Combine members' logits ``(members, batch, ..., labels)`` into one prediction per row (see `MaskEnsemble`)."""
+    if combine == "logits":
+        return stacked.mean(0)
+    if combine == "probs":
+        return stacked.softmax(-1).mean(0)
+    votes = torch.nn.functional.one_hot(stacked.argmax(-1), stacked.shape[-1]).sum(0).float()
+    tie_break = stacked.softmax(-1).sum(0) / (stacked.shape[0] + 1)  # < 1: only breaks ties
+    return votes + tie_break

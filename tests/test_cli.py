@@ -107,7 +107,7 @@ def test_an_untouched_mask_has_no_defined_dissimilarity(masks, tmp_path):
 
 
 def test_the_command_line_runs_as_a_module_with_help_on_every_subcommand():
-    for args in ([], ["inspect"], ["compare"]):
+    for args in ([], ["inspect"], ["compare"], ["evaluate"]):
         done = subprocess.run(
             [sys.executable, "-m", "hf_masking", *args, "--help"], capture_output=True, text=True, timeout=120
         )
@@ -116,3 +116,90 @@ def test_the_command_line_runs_as_a_module_with_help_on_every_subcommand():
         [sys.executable, "-m", "hf_masking", "inspect", "/no/such/mask"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "/no/such/mask" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    """Three masks of one base with named labels, a dev file, and the same rows with other label names."""
+    from script_utils import save_tiny_model, sentiment_rows
+
+    root = tmp_path_factory.mktemp("evaluate")
+    base = save_tiny_model(root / "base")
+    labels = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        head = load_quietly(AutoModelForSequenceClassification, base, num_labels=2, **labels)
+        MaskedModel(head, MaskingConfig(initial_sparsity=0.3, seed=seed)).save_pretrained(root / f"m{seed}")
+    rows = sentiment_rows(40, seed=3)
+    names = ("negative", "positive")
+    (root / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{names[y]}\n" for t, y in rows))
+    (root / "other.csv").write_text("text,stars\n" + "".join(f"{t},{'good' if y else 'bad'}\n" for t, y in rows))
+    return root, rows
+
+
+def _direct_logits(root, rows) -> dict[str, torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    batch = tokenizer([t for t, _ in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return {f"m{s}": MaskedModel.from_pretrained(root / f"m{s}")(**batch).logits for s in range(3)}
+
+
+def test_evaluate_scores_masks_and_ensembles_as_computed_directly(sentiment, tmp_path):
+    root, rows = sentiment
+    repos = [str(root / f"m{s}") for s in range(3)]
+    main(["evaluate", *repos, "--data", str(root / "dev.tsv"), "--ensemble", "all", "--json", str(tmp_path / "e.json")])
+    result = json.loads((tmp_path / "e.json").read_text())
+    gold = torch.tensor([y for _, y in rows])
+    logits = _direct_logits(root, rows)
+    for seed, repo in enumerate(repos):
+        expected = float((logits[f"m{seed}"].argmax(-1) == gold).float().mean())
+        assert result["masks"][repo]["accuracy"] == pytest.approx(expected)
+    mean = torch.stack(list(logits.values())).mean(0)
+    assert result["ensembles"]["logits"]["accuracy"] == pytest.approx(float((mean.argmax(-1) == gold).float().mean()))
+    majority = max(gold.float().mean().item(), 1 - gold.float().mean().item())
+    assert result["majority_baseline"]["accuracy"] == pytest.approx(majority)
+    accuracy = result["masks"][repos[0]]["accuracy"]
+    assert result["masks"][repos[0]]["over_majority"] == pytest.approx(accuracy - majority)
+
+    main(
+        [
+            "evaluate",
+            repos[0],
+            "--data",
+            str(root / "dev.tsv"),
+            "--ensemble",
+            "all",
+            "--json",
+            str(tmp_path / "one.json"),
+        ]
+    )
+    one = json.loads((tmp_path / "one.json").read_text())
+    for how in ("labels", "logits", "probs"):  # an ensemble of one mask is that mask
+        assert one["ensembles"][how]["accuracy"] == pytest.approx(one["masks"][repos[0]]["accuracy"])
+
+
+def test_evaluate_transfers_a_mask_to_another_dataset_through_a_label_map(sentiment, tmp_path, capsys):
+    root, _ = sentiment
+    out = str(tmp_path / "t.json")
+    main(["evaluate", str(root / "m0"), "--data", str(root / "dev.tsv"), "--json", str(tmp_path / "d.json")])
+    main(
+        [
+            "evaluate",
+            str(root / "m0"),
+            "--data",
+            str(root / "other.csv"),
+            "--label_column",
+            "stars",
+            "--label-map",
+            "bad=negative,good=positive",
+            "--json",
+            out,
+        ]
+    )
+    same_rows = json.loads((tmp_path / "d.json").read_text())["masks"]
+    assert json.loads(open(out).read())["masks"] == same_rows  # same texts, labels renamed: same scores
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(root / "m0"), "--data", str(root / "other.csv"), "--label_column", "stars"])
+    assert exit_info.value.code == 2 and "'bad'" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Masks on labelled data (paper Tables 2 and 3): each mask alone, their ensembles, the majority baseline,
+and a mask applied to another dataset of its task type through a label map.
+
+Files are read by the example scripts' readers (GLUE files as distributed, csv/tsv/json(l)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import GLUE, DataFileError, load_files
+from .ensemble import combine_logits
+from .metrics import majority_label
+
+
+@dataclass
+class LabelledTexts:
+    """Sentences (or sentence pairs) with their gold labels, as label names."""
+
+    first: list[str]
+    second: list[str] | None
+    labels: list[str]
+
+
+def read_labelled(
+    path: str, task_name: str | None = None, label_column: str = "label", text_columns: list[str] | None = None
+) -> LabelledTexts:
+    """A classification file: GLUE's own format with `task_name`, else csv/tsv/json(l) with a label column."""
+    if task_name is not None and task_name not in GLUE:
+        raise ValueError(f"task_name {task_name!r} is not a GLUE task {sorted(GLUE)}.")
+    data = load_files({"validation": path}, task_name, "label" if task_name else label_column)["validation"]
+    column = "label" if task_name else label_column
+    if column not in data.column_names:
+        raise DataFileError(f"{path!r} has no label column {column!r} (columns: {data.column_names}).")
+    if task_name is not None:
+        names = GLUE[task_name].labels
+        if names is None:
+            raise ValueError("evaluate handles classification; stsb is a regression task.")
+        labels = [names[i] for i in data[column]]
+        keys = [k for k in GLUE[task_name].keys if k is not None]
+    else:
+        labels = [str(v) for v in data[column]]
+        keys = text_columns or [c for c in data.column_names if c != column][:2]
+    missing = [k for k in keys if k not in data.column_names]
+    if not keys or missing:
+        raise DataFileError(f"{path!r} has no text column {missing[0] if missing else ''!r} to read.")
+    return LabelledTexts(data[keys[0]], data[keys[1]] if len(keys) > 1 else None, labels)
+
+
+def gold_ids(labels: list[str], id2label: dict[int, str], label_map: dict[str, str] | None = None) -> np.ndarray:
+    """The model's label ids of the gold labels: by name (after `label_map`, data label -> model label), or
+    an integer label read as an id when the model's labels are unnamed (LABEL_0…)."""
+    by_name = {name: i for i, name in id2label.items()}
+    out = []
+    for label in labels:
+        name = (label_map or {}).get(label, label)
+        if name in by_name:
+            out.append(by_name[name])
+        elif name.lstrip("-").isdigit() and int(name) in id2label and id2label[int(name)] == f"LABEL_{int(name)}":
+            out.append(int(name))
+        else:
+            raise ValueError(
+                f"The data's label {label!r} is not one of the mask's labels {list(id2label.values())}; map it with "
+                "--label-map data_label=mask_label,..."
+            )
+    return np.asarray(out)
+
+
+def mask_logits(
+    model: Any, names: list[str], data: LabelledTexts, tokenizer: Any, batch_size: int = 32, max_length: int = 128
+) -> dict[str, torch.Tensor]:
+    """Each mask's logits on every row, with that mask active alone."""
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    previous = model.active_mask
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data.labels), batch_size):
+                first = data.first[start : start + batch_size]
+                second = data.second[start : start + batch_size] if data.second is not None else None
+                batch = tokenizer(
+                    first, second, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                )
+                batch = batch.to(next(model.parameters()).device)
+                for name in names:
+                    model.set_active_mask(name)
+                    out[name].append(model(**batch).logits.float().cpu())
+    finally:
+        model.set_active_mask(previous)
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def evaluate(logits: dict[str, torch.Tensor], gold: np.ndarray, ensembles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Accuracy of each mask and of each ensemble, and the majority baseline of the evaluated labels."""
+    majority = majority_label(gold.tolist())
+    baseline = float((gold == majority).mean())
+    results: dict[str, Any] = {
+        "rows": int(gold.size),
+        "majority_baseline": {"label_id": int(majority), "accuracy": baseline},
+    }
+
+    def score(predictions: np.ndarray) -> dict[str, float]:
+        accuracy = float((predictions == gold).mean())
+        return {"accuracy": accuracy, "over_majority": accuracy - baseline}
+
+    results["masks"] = {name: score(values.argmax(-1).numpy()) for name, values in logits.items()}
+    stacked = torch.stack(list(logits.values()))
+    results["ensembles"] = {how: score(combine_logits(stacked, how).argmax(-1).numpy()) for how in ensembles}
+    return results
