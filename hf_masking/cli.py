@@ -3,6 +3,7 @@
     hf-masking inspect REPO [--json out.json] [--plot sparsity.png]
     hf-masking compare REPO_A REPO_B [--json out.json] [--plot dissimilarity.png]
     hf-masking evaluate REPO [REPO ...] --data dev.tsv [--ensemble all] [--label-map a=b,...]
+    hf-masking interpolate --finetuned DIR --mask REPO --data dev.tsv [--from-pretrained] [--plot f.png]
 
 Each subcommand prints a table, writes its numbers with ``--json`` and a figure with ``--plot``
 (matplotlib). The same numbers come from `hf_masking.analysis` in a notebook.
@@ -184,6 +185,91 @@ def evaluate_command(args: argparse.Namespace) -> None:
     _write_json(args.json, {"data": args.data, **results})
 
 
+def interpolate_command(args: argparse.Namespace) -> None:
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from . import evaluation
+    from .model import MaskedModel
+
+    masked = MaskedModel.from_pretrained(args.mask, args.revision, args.token, base_model=args.base_model)
+    merged = masked.merge().eval()  # gamma = 1: W0 ⊙ M, the masked model as a plain one
+    finetuned = AutoModelForSequenceClassification.from_pretrained(args.finetuned).eval()
+    id2label = _id2label(masked, "default")
+    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
+    gold = torch.from_numpy(evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map)))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or masked.get_base_model().name_or_path)
+
+    def accuracy(model) -> float:
+        logits = evaluation.model_logits(model, data, tokenizer, args.batch_size, args.max_seq_length)
+        return float((logits.argmax(-1) == gold).float().mean())
+
+    gammas = [i / (args.points - 1) for i in range(args.points)]
+    paths = [("finetuned -> masked", finetuned, merged)]
+    if args.from_pretrained:
+        # The pretrained weights (a mask never writes them), carrying the other end's head: only the backbone moves.
+        pretrained = copy.deepcopy(merged)
+        with torch.no_grad():
+            for name, layer in masked.masked_modules().items():
+                pretrained.get_submodule(name).weight.copy_(layer.weight)
+        head = set(masked.head_tensor_names())
+        with_finetuned_head = copy.deepcopy(pretrained)
+        state = finetuned.state_dict()
+        with torch.no_grad():
+            for name, tensor in with_finetuned_head.state_dict().items():
+                if name in head:
+                    tensor.copy_(state[name])
+        paths += [
+            ("pretrained -> finetuned", with_finetuned_head, finetuned),
+            ("pretrained -> masked", pretrained, merged),
+        ]
+    print(f"heads: interpolated with the backbones (both ends have {sorted(masked.head_tensor_names())})")
+    if args.from_pretrained:
+        print("the pretrained end of a line carries the other end's head, so only the backbone moves on it")
+    results = []
+    for label, start, end in paths:
+        for gamma, metric in evaluation.interpolate(start, end, gammas, accuracy):
+            results.append({"path": label, "gamma": gamma, "metric": metric})
+            print(f"{label:<26} gamma {gamma:4.2f}  accuracy {metric:.4f}")
+    _write_json(args.json, results)
+    if args.plot:
+        plot_interpolation(results, f"{os.path.basename(args.finetuned.rstrip('/'))} / {args.mask}", args.plot)
+
+
+def plot_interpolation(results: list[dict[str, Any]], title: str, path: str) -> None:
+    """Dev accuracy along each straight line between two models (paper Figure 6)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label in dict.fromkeys(r["path"] for r in results):
+        points = [(r["gamma"], r["metric"]) for r in results if r["path"] == label]
+        axes.plot(*zip(*points, strict=True), marker="o", label=label)
+    axes.set_xlabel("gamma: W = W_start + gamma (W_end - W_start)")
+    axes.set_ylabel("dev accuracy")
+    axes.set_title(f"Mode connectivity: {title}", fontsize="medium")
+    axes.legend(title="line (start -> end)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+def _data_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--data", required=True, help="a labelled file: GLUE's own (with --task_name), csv, tsv, json(l)")
+    sub.add_argument("--task_name", help="read --data as this GLUE task's file as distributed")
+    sub.add_argument("--label_column", default="label")
+    sub.add_argument("--text_columns", nargs="+", help="one or two text columns (default: the first two others)")
+    sub.add_argument("--label-map", dest="label_map", help="data_label=mask_label,... for another dataset's labels")
+    sub.add_argument("--base_model", help="the base (folder or id) instead of the one the masks record")
+    sub.add_argument("--tokenizer", help="default: the base model's")
+    sub.add_argument("--batch_size", type=int, default=32)
+    sub.add_argument("--max_seq_length", type=int, default=128)
+    sub.add_argument("--revision", help="a Hub revision of the mask repos")
+    sub.add_argument("--token", help="a Hub token for private repos")
+    sub.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+
+
 def _id2label(model, name: str) -> dict[int, str]:
     labels = model.to_stored_mask(name).record["label_config"]
     id2label = labels.get("id2label") or {}
@@ -240,24 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
         "Table 3's transfer): the improvement over that dataset's majority baseline is printed.",
     )
     evaluate.add_argument("repos", nargs="+", metavar="REPO", help="mask repos of one base and one label set")
-    evaluate.add_argument(
-        "--data", required=True, help="a labelled file: GLUE's own (with --task_name), csv, tsv, json(l)"
-    )
-    evaluate.add_argument("--task_name", help="read --data as this GLUE task's file as distributed")
-    evaluate.add_argument("--label_column", default="label")
-    evaluate.add_argument("--text_columns", nargs="+", help="one or two text columns (default: the first two others)")
     evaluate.add_argument("--ensemble", choices=[*COMBINES, "all"], help="also evaluate the ensemble(s)")
-    evaluate.add_argument(
-        "--label-map", dest="label_map", help="data_label=mask_label,... for another dataset's labels"
-    )
-    evaluate.add_argument("--base_model", help="the base (folder or id) instead of the one the masks record")
-    evaluate.add_argument("--tokenizer", help="default: the base model's")
-    evaluate.add_argument("--batch_size", type=int, default=32)
-    evaluate.add_argument("--max_seq_length", type=int, default=128)
-    evaluate.add_argument("--revision", help="a Hub revision of the repos")
-    evaluate.add_argument("--token", help="a Hub token for private repos")
-    evaluate.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    _data_arguments(evaluate)
     evaluate.set_defaults(run=evaluate_command)
+
+    interpolate = commands.add_parser(
+        "interpolate",
+        help="mode connectivity between a finetuned and a masked model (paper §6.3)",
+        description="The dev accuracy of W(gamma) = W0 + gamma (W1 - W0) on a grid of gamma between a finetuned "
+        "model (gamma=0) and a masked model merged (gamma=1); with --from-pretrained also the lines from the "
+        "pretrained model to each (paper Figure 6).",
+    )
+    interpolate.add_argument("--finetuned", required=True, help="a finetuned model folder (or Hub id)")
+    interpolate.add_argument("--mask", required=True, help="a mask repo of the same base and task")
+    interpolate.add_argument("--points", type=int, default=11, help="gamma values from 0 to 1 (default 11)")
+    interpolate.add_argument("--from-pretrained", dest="from_pretrained", action="store_true")
+    interpolate.add_argument("--plot", metavar="PATH.png", help="accuracy along each line (paper Figure 6)")
+    _data_arguments(interpolate)
+    interpolate.set_defaults(run=interpolate_command)
     return parser
 
 

@@ -70,28 +70,71 @@ def gold_ids(labels: list[str], id2label: dict[int, str], label_map: dict[str, s
     return np.asarray(out)
 
 
+def _batches(data: LabelledTexts, tokenizer: Any, batch_size: int, max_length: int, device: torch.device):
+    for start in range(0, len(data.labels), batch_size):
+        first = data.first[start : start + batch_size]
+        second = data.second[start : start + batch_size] if data.second is not None else None
+        batch = tokenizer(first, second, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        yield batch.to(device)
+
+
+def model_logits(
+    model: Any, data: LabelledTexts, tokenizer: Any, batch_size: int = 32, max_length: int = 128
+) -> torch.Tensor:
+    """A model's logits on every row (any sequence-classification model: plain, merged or masked)."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        parts = [model(**b).logits.float().cpu() for b in _batches(data, tokenizer, batch_size, max_length, device)]
+    return torch.cat(parts)
+
+
 def mask_logits(
     model: Any, names: list[str], data: LabelledTexts, tokenizer: Any, batch_size: int = 32, max_length: int = 128
 ) -> dict[str, torch.Tensor]:
     """Each mask's logits on every row, with that mask active alone."""
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     previous = model.active_mask
-    model.eval()
     try:
-        with torch.no_grad():
-            for start in range(0, len(data.labels), batch_size):
-                first = data.first[start : start + batch_size]
-                second = data.second[start : start + batch_size] if data.second is not None else None
-                batch = tokenizer(
-                    first, second, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-                )
-                batch = batch.to(next(model.parameters()).device)
-                for name in names:
-                    model.set_active_mask(name)
-                    out[name].append(model(**batch).logits.float().cpu())
+        out = {}
+        for name in names:
+            model.set_active_mask(name)
+            out[name] = model_logits(model, data, tokenizer, batch_size, max_length)
     finally:
         model.set_active_mask(previous)
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    return out
+
+
+def interpolate(
+    start: torch.nn.Module, end: torch.nn.Module, gammas: list[float], score: Any
+) -> list[tuple[float, float]]:
+    """§6.3's mode connectivity: score(W(γ)) for W(γ) = W_start + γ (W_end − W_start), on a copy of `start`.
+
+    Every floating-point tensor is interpolated, the head included; the two models must have the
+    same tensors (names and shapes).
+    """
+    import copy
+
+    first = dict(start.state_dict())
+    last = dict(end.state_dict())
+    difference = sorted(set(first) ^ set(last))
+    if difference:
+        raise ValueError(f"The two models have different tensors (first difference: {difference[0]}).")
+    mismatch = [n for n in first if first[n].shape != last[n].shape]
+    if mismatch:
+        raise ValueError(
+            f"{mismatch[0]} has shape {list(first[mismatch[0]].shape)} in one model and "
+            f"{list(last[mismatch[0]].shape)} in the other: interpolate models of one task's label set."
+        )
+    work = copy.deepcopy(start).eval()
+    own = work.state_dict()
+    results = []
+    with torch.no_grad():
+        for gamma in gammas:
+            for name, value in first.items():
+                if value.is_floating_point():
+                    own[name].copy_(value + gamma * (last[name].to(value.dtype) - value))
+            results.append((float(gamma), float(score(work))))
+    return results
 
 
 def evaluate(logits: dict[str, torch.Tensor], gold: np.ndarray, ensembles: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_an_untouched_mask_has_no_defined_dissimilarity(masks, tmp_path):
 
 
 def test_the_command_line_runs_as_a_module_with_help_on_every_subcommand():
-    for args in ([], ["inspect"], ["compare"], ["evaluate"]):
+    for args in ([], ["inspect"], ["compare"], ["evaluate"], ["interpolate"]):
         done = subprocess.run(
             [sys.executable, "-m", "hf_masking", *args, "--help"], capture_output=True, text=True, timeout=120
         )
@@ -203,3 +203,59 @@ def test_evaluate_transfers_a_mask_to_another_dataset_through_a_label_map(sentim
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(root / "m0"), "--data", str(root / "other.csv"), "--label_column", "stars"])
     assert exit_info.value.code == 2 and "'bad'" in capsys.readouterr().err
+
+
+def test_interpolate_ends_at_the_two_models_own_scores(sentiment, tmp_path):
+    from transformers import AutoTokenizer
+
+    root, rows = sentiment
+    labels = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+    torch.manual_seed(11)
+    finetuned = load_quietly(AutoModelForSequenceClassification, root / "base", num_labels=2, **labels)
+    with torch.no_grad():  # a stand-in for finetuning: every weight moved
+        for parameter in finetuned.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    finetuned.save_pretrained(tmp_path / "finetuned")
+    out = tmp_path / "i.json"
+    main(
+        [
+            "interpolate",
+            "--finetuned",
+            str(tmp_path / "finetuned"),
+            "--mask",
+            str(root / "m1"),
+            "--data",
+            str(root / "dev.tsv"),
+            "--points",
+            "5",
+            "--from-pretrained",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "i.png"),
+        ]
+    )
+    results = json.loads(out.read_text())
+    assert [r["gamma"] for r in results] == [0, 0.25, 0.5, 0.75, 1.0] * 3
+    assert [r["path"] for r in results[::5]] == [
+        "finetuned -> masked",
+        "pretrained -> finetuned",
+        "pretrained -> masked",
+    ]
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    batch = tokenizer([t for t, _ in rows], padding=True, return_tensors="pt")
+    gold = torch.tensor([y for _, y in rows])
+    with torch.no_grad():
+        own = {
+            "finetuned": float((finetuned.eval()(**batch).logits.argmax(-1) == gold).float().mean()),
+            "masked": float(
+                (MaskedModel.from_pretrained(root / "m1")(**batch).logits.argmax(-1) == gold).float().mean()
+            ),
+        }
+    line = {(r["path"], r["gamma"]): r["metric"] for r in results}
+    assert line[("finetuned -> masked", 0)] == pytest.approx(own["finetuned"])
+    assert line[("finetuned -> masked", 1.0)] == pytest.approx(own["masked"])
+    assert line[("pretrained -> finetuned", 1.0)] == pytest.approx(own["finetuned"])
+    assert line[("pretrained -> masked", 1.0)] == pytest.approx(own["masked"])
+    assert (tmp_path / "i.png").stat().st_size > 10_000
