@@ -4,6 +4,7 @@
     hf-masking compare REPO_A REPO_B [--json out.json] [--plot dissimilarity.png]
     hf-masking evaluate REPO [REPO ...] --data dev.tsv [--ensemble all] [--label-map a=b,...]
     hf-masking interpolate --finetuned DIR --mask REPO --data dev.tsv [--from-pretrained] [--plot f.png]
+    hf-masking embed --mask REPO [--finetuned DIR] --data dev.tsv [--plot f.png]
 
 Each subcommand prints a table, writes its numbers with ``--json`` and a figure with ``--plot``
 (matplotlib). The same numbers come from `hf_masking.analysis` in a notebook.
@@ -255,6 +256,65 @@ def plot_interpolation(results: list[dict[str, Any]], title: str, path: str) -> 
     print(f"wrote {path}")
 
 
+def embed_command(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from . import evaluation
+    from .model import MaskedModel
+
+    masked = MaskedModel.from_pretrained(args.mask, args.revision, args.token, base_model=args.base_model)
+    id2label = _id2label(masked, "default")
+    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
+    if args.max_rows and len(data.labels) > args.max_rows:
+        data = evaluation.LabelledTexts(
+            data.first[: args.max_rows],
+            data.second[: args.max_rows] if data.second is not None else None,
+            data.labels[: args.max_rows],
+        )
+    gold = evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or masked.get_base_model().name_or_path)
+
+    def features(model) -> torch.Tensor:
+        return evaluation.representations(model, data, tokenizer, args.batch_size, args.max_seq_length)
+
+    with masked.disable_masks():
+        found = {"pretrained": features(masked)}
+    if args.finetuned:
+        found["finetuned"] = features(AutoModelForSequenceClassification.from_pretrained(args.finetuned))
+    found["masked"] = features(masked)
+    results: dict[str, Any] = {"labels": [id2label[int(i)] for i in gold], "models": {}}
+    print(f"{len(gold)} rows; linear-probe accuracy of the top block's [CLS] representation (5-fold):")
+    for name, values in found.items():
+        probe = evaluation.probe_accuracy(values.numpy(), gold)
+        results["models"][name] = {"probe_accuracy": probe, "tsne": evaluation.tsne(values.numpy()).tolist()}
+        print(f"  {name:<11} {probe:.4f}")
+    _write_json(args.json, results)
+    if args.plot:
+        plot_embeddings(results, args.plot)
+
+
+def plot_embeddings(results: dict[str, Any], path: str) -> None:
+    """One t-SNE panel per model, points coloured by gold label (paper Figure 4)."""
+    plt = _pyplot()
+    models = results["models"]
+    figure, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 4), squeeze=False)
+    labels = results["labels"]
+    for axis, (name, values) in zip(axes[0], models.items(), strict=True):
+        for label in sorted(set(labels)):
+            points = [p for p, y in zip(values["tsne"], labels, strict=True) if y == label]
+            axis.scatter(*zip(*points, strict=True), s=6, label=label)
+        axis.set_title(f"{name} (probe accuracy {values['probe_accuracy']:.2f})", fontsize="medium")
+        axis.set_xlabel("t-SNE 1")
+        axis.set_ylabel("t-SNE 2")
+    axes[0][0].legend(title="gold label", fontsize="small")
+    figure.suptitle("Top-block [CLS] representations, t-SNE")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
 def _data_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--data", required=True, help="a labelled file: GLUE's own (with --task_name), csv, tsv, json(l)")
     sub.add_argument("--task_name", help="read --data as this GLUE task's file as distributed")
@@ -344,6 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--plot", metavar="PATH.png", help="accuracy along each line (paper Figure 6)")
     _data_arguments(interpolate)
     interpolate.set_defaults(run=interpolate_command)
+
+    embed = commands.add_parser(
+        "embed",
+        help="t-SNE and a linear probe of pretrained, finetuned and masked representations (paper §6.1)",
+        description="The top block's [CLS] representation of each row under the pretrained model, a finetuned "
+        "model (--finetuned) and the masked model: a t-SNE map coloured by gold label (paper Figure 4) and a "
+        "linear probe's cross-validated accuracy on each, so the picture comes with a number.",
+    )
+    embed.add_argument("--mask", required=True, help="a mask repo (its base is the pretrained model)")
+    embed.add_argument("--finetuned", help="a finetuned model folder (or Hub id) of the same base")
+    embed.add_argument("--max_rows", type=int, default=1000, help="use the first N rows (t-SNE is quadratic)")
+    embed.add_argument("--plot", metavar="PATH.png", help="one t-SNE panel per model (paper Figure 4)")
+    _data_arguments(embed)
+    embed.set_defaults(run=embed_command)
     return parser
 
 

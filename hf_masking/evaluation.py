@@ -154,3 +154,35 @@ def evaluate(logits: dict[str, torch.Tensor], gold: np.ndarray, ensembles: tuple
     stacked = torch.stack(list(logits.values()))
     results["ensembles"] = {how: score(combine_logits(stacked, how).argmax(-1).numpy()) for how in ensembles}
     return results
+
+
+def representations(
+    model: Any, data: LabelledTexts, tokenizer: Any, batch_size: int = 32, max_length: int = 128
+) -> torch.Tensor:
+    """The top block's first-token ([CLS]) hidden state of every row (paper §6.1)."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for batch in _batches(data, tokenizer, batch_size, max_length, device):
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+            parts.append(hidden[:, 0].float().cpu())
+    return torch.cat(parts)
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 5) -> float:
+    """How linearly separable the classes are: a logistic regression's mean accuracy over stratified folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folds = max(2, min(folds, int(np.bincount(labels).min())))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=0)
+    return float(cross_val_score(LogisticRegression(max_iter=2000), features, labels, cv=splits).mean())
+
+
+def tsne(features: np.ndarray) -> np.ndarray:
+    """A 2-D t-SNE map of the rows (fixed seed, so a figure is reproducible)."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30, max(2, features.shape[0] // 4)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(features)

@@ -107,7 +107,7 @@ def test_an_untouched_mask_has_no_defined_dissimilarity(masks, tmp_path):
 
 
 def test_the_command_line_runs_as_a_module_with_help_on_every_subcommand():
-    for args in ([], ["inspect"], ["compare"], ["evaluate"], ["interpolate"]):
+    for args in ([], ["inspect"], ["compare"], ["evaluate"], ["interpolate"], ["embed"]):
         done = subprocess.run(
             [sys.executable, "-m", "hf_masking", *args, "--help"], capture_output=True, text=True, timeout=120
         )
@@ -205,23 +205,36 @@ def test_evaluate_transfers_a_mask_to_another_dataset_through_a_label_map(sentim
     assert exit_info.value.code == 2 and "'bad'" in capsys.readouterr().err
 
 
-def test_interpolate_ends_at_the_two_models_own_scores(sentiment, tmp_path):
-    from transformers import AutoTokenizer
-
-    root, rows = sentiment
+@pytest.fixture(scope="module")
+def finetuned(sentiment):
+    """A stand-in for a finetuned model of the sentiment base: every weight moved a little."""
+    root, _ = sentiment
     labels = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
     torch.manual_seed(11)
-    finetuned = load_quietly(AutoModelForSequenceClassification, root / "base", num_labels=2, **labels)
-    with torch.no_grad():  # a stand-in for finetuning: every weight moved
-        for parameter in finetuned.parameters():
+    model = load_quietly(AutoModelForSequenceClassification, root / "base", num_labels=2, **labels)
+    with torch.no_grad():
+        for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    finetuned.save_pretrained(tmp_path / "finetuned")
+    model.save_pretrained(root / "finetuned")
+    return model.eval(), str(root / "finetuned")
+
+
+def _sentiment_batch(root, rows):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    return tokenizer([t for t, _ in rows], padding=True, return_tensors="pt"), torch.tensor([y for _, y in rows])
+
+
+def test_interpolate_ends_at_the_two_models_own_scores(sentiment, finetuned, tmp_path):
+    root, rows = sentiment
+    finetuned, finetuned_dir = finetuned
     out = tmp_path / "i.json"
     main(
         [
             "interpolate",
             "--finetuned",
-            str(tmp_path / "finetuned"),
+            finetuned_dir,
             "--mask",
             str(root / "m1"),
             "--data",
@@ -243,9 +256,7 @@ def test_interpolate_ends_at_the_two_models_own_scores(sentiment, tmp_path):
         "pretrained -> masked",
     ]
 
-    tokenizer = AutoTokenizer.from_pretrained(root / "base")
-    batch = tokenizer([t for t, _ in rows], padding=True, return_tensors="pt")
-    gold = torch.tensor([y for _, y in rows])
+    batch, gold = _sentiment_batch(root, rows)
     with torch.no_grad():
         own = {
             "finetuned": float((finetuned.eval()(**batch).logits.argmax(-1) == gold).float().mean()),
@@ -259,3 +270,45 @@ def test_interpolate_ends_at_the_two_models_own_scores(sentiment, tmp_path):
     assert line[("pretrained -> finetuned", 1.0)] == pytest.approx(own["finetuned"])
     assert line[("pretrained -> masked", 1.0)] == pytest.approx(own["masked"])
     assert (tmp_path / "i.png").stat().st_size > 10_000
+
+
+def test_embed_probes_the_representations_each_model_gives(sentiment, finetuned, tmp_path):
+    from transformers import AutoModel
+
+    from hf_masking.evaluation import probe_accuracy
+
+    root, rows = sentiment
+    out = tmp_path / "e.json"
+    main(
+        [
+            "embed",
+            "--mask",
+            str(root / "m2"),
+            "--finetuned",
+            finetuned[1],
+            "--data",
+            str(root / "dev.tsv"),
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "e.png"),
+        ]
+    )
+    results = json.loads(out.read_text())
+    assert list(results["models"]) == ["pretrained", "finetuned", "masked"]
+    assert results["labels"] == [("negative", "positive")[y] for _, y in rows]
+    batch, gold = _sentiment_batch(root, rows)
+    with torch.no_grad():
+        direct = {
+            "pretrained": AutoModel.from_pretrained(root / "base")(**batch).last_hidden_state[:, 0],
+            "finetuned": finetuned[0](**batch, output_hidden_states=True).hidden_states[-1][:, 0],
+            "masked": MaskedModel.from_pretrained(root / "m2")(**batch, output_hidden_states=True).hidden_states[-1][
+                :, 0
+            ],
+        }
+    for name, features in direct.items():
+        assert results["models"][name]["probe_accuracy"] == pytest.approx(
+            probe_accuracy(features.numpy(), gold.numpy())
+        )
+        assert torch.tensor(results["models"][name]["tsne"]).shape == (len(rows), 2)
+    assert (tmp_path / "e.png").stat().st_size > 10_000
