@@ -122,40 +122,51 @@ def initial_mask(stored: StoredMask, module_name: str) -> torch.Tensor:
 
 
 def dissimilarity(a: StoredMask, b: StoredMask) -> dict[str, float | None]:
-    """§6.2's s = ‖M_A − M_B‖₁ / (‖M_A − M_A,init‖₁ + ‖M_B − M_B,init‖₁) per masked module.
+    """§6.2's s = ‖M_A − M_B‖₁ / (‖M_A − M_A,init‖₁ + ‖M_B − M_B,init‖₁) per masked module of both.
 
     0: the same mask; about 1 or more: the two masks moved away from their starts in unrelated ways.
-    None where neither mask moved from its start (s is undefined). Refused, naming the first
-    difference, when the masks are of different bases or layers.
+    None where neither mask moved from its start (s is undefined). Head layers that only one mask
+    has, or that have other shapes (another label set), are left out: see `comparable_modules`.
     """
-    check_comparable(a, b)
     out: dict[str, float | None] = {}
-    for name in a.masks:
+    for name in comparable_modules(a, b):
         mask_a, mask_b = codec.decode(a.masks[name]), codec.decode(b.masks[name])
         moved = int((mask_a != initial_mask(a, name)).sum()) + int((mask_b != initial_mask(b, name)).sum())
         out[name] = int((mask_a != mask_b).sum()) / moved if moved else None
     return out
 
 
-def check_comparable(a: StoredMask, b: StoredMask) -> None:
-    """Two masks compare entry by entry only on the same base tensors and the same layers."""
-    modules_a, modules_b = list(a.masks), list(b.masks)
-    difference = sorted(set(modules_a) ^ set(modules_b))
-    if difference:
-        raise BaseModelMismatchError(
-            f"The two masks cover different layers (first difference: {difference[0]}); compare masks of one base "
-            "and one masking config."
-        )
+def comparable_modules(a: StoredMask, b: StoredMask) -> list[str]:
+    """The masked modules two masks can be compared on, entry by entry: the base layers both mask.
+
+    Refused, naming the first difference, when the masks are of different bases or cover different
+    base layers. Head layers (whose weights travel with the mask, not the base) are compared where
+    both masks have them in one shape, and left out otherwise (e.g. 2 labels vs 6).
+    """
     tensors_a = a.record["base_fingerprint"]["tensors"]
     tensors_b = b.record["base_fingerprint"]["tensors"]
-    for name in modules_a:
+
+    def in_base(name: str) -> bool:
+        return f"{name}.weight" in tensors_a or f"{name}.weight" in tensors_b
+
+    only = sorted(n for n in set(a.masks) ^ set(b.masks) if in_base(n))
+    if only:
+        raise BaseModelMismatchError(
+            f"The two masks cover different layers (first difference: {only[0]}); compare masks of one base "
+            "and one masking config."
+        )
+    names = []
+    for name in [n for n in a.masks if n in b.masks]:
         weight = f"{name}.weight"
-        if a.masks[name].shape != b.masks[name].shape:
-            raise BaseModelMismatchError(
-                f"The masks of {name} have shapes {list(a.masks[name].shape)} and {list(b.masks[name].shape)}."
-            )
         if weight in tensors_a and weight in tensors_b and tensors_a[weight]["sha256"] != tensors_b[weight]["sha256"]:
             raise BaseModelMismatchError(
                 f"The two masks were trained on different bases: the weight {weight} differs "
                 f"({a.record.get('base_model_name_or_path')} vs {b.record.get('base_model_name_or_path')})."
             )
+        if a.masks[name].shape == b.masks[name].shape:
+            names.append(name)
+        elif in_base(name):
+            raise BaseModelMismatchError(
+                f"The masks of {name} have shapes {list(a.masks[name].shape)} and {list(b.masks[name].shape)}."
+            )
+    return names

@@ -115,15 +115,18 @@ def plot_block_sparsity(report: analysis.MaskReport, title: str, path: str) -> N
 def compare_command(args: argparse.Namespace) -> None:
     (a, _), (b, _) = _read(args.repo_a, args.revision, args.token), _read(args.repo_b, args.revision, args.token)
     values = analysis.dissimilarity(a, b)
+    skipped = sorted((set(a.masks) | set(b.masks)) - set(values))
     print(f"masks A = {args.repo_a}, B = {args.repo_b}")
     print("dissimilarity s = |M_A - M_B|_1 / (|M_A - M_A,init|_1 + |M_B - M_B,init|_1)")
     print(f"\n{'module':<60} s")
     for name, value in values.items():
         print(f"{name:<60} {'undefined (neither moved)' if value is None else f'{value:.4f}'}")
+    if skipped:
+        print(f"left out (head layers only one mask has, or of another shape): {', '.join(skipped)}")
     defined = [v for v in values.values() if v is not None]
     if defined:
         print(f"\nmean over modules: {sum(defined) / len(defined):.4f}")
-    _write_json(args.json, {"repo_a": args.repo_a, "repo_b": args.repo_b, "dissimilarity": values})
+    _write_json(args.json, {"repo_a": args.repo_a, "repo_b": args.repo_b, "dissimilarity": values, "left_out": skipped})
     if args.plot:
         plot_dissimilarity(values, f"{args.repo_a} vs {args.repo_b}", args.plot)
 

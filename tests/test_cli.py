@@ -94,6 +94,24 @@ def test_compare_refuses_masks_of_different_bases(masks, capsys):
     assert "different bases" in capsys.readouterr().err
 
 
+def test_compare_leaves_out_a_head_of_another_label_set(masks, tmp_path):
+    root, (a, a_init), _ = masks
+    torch.manual_seed(4)
+    six = MaskedModel(
+        load_quietly(AutoModelForSequenceClassification, root / "base", num_labels=6),
+        MaskingConfig(initial_sparsity=0.1, seed=4),
+    )
+    six.save_pretrained(tmp_path / "six")
+    main(["compare", str(root / "a"), str(tmp_path / "six"), "--json", str(tmp_path / "six.json")])
+    result = json.loads((tmp_path / "six.json").read_text())
+    assert result["left_out"] == ["classifier"]
+    assert sorted(result["dissimilarity"]) == sorted(n for n in a.masks() if n != "classifier")
+    untouched = six.masks()  # never trained: all of s comes from A's moves
+    for name, value in result["dissimilarity"].items():
+        moved = float((a.masks()[name] != a_init[name]).sum())
+        assert value == pytest.approx(float((a.masks()[name] != untouched[name]).sum()) / moved)
+
+
 def test_an_untouched_mask_has_no_defined_dissimilarity(masks, tmp_path):
     root, _, _ = masks
     fresh = MaskedModel(
