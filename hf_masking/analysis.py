@@ -17,7 +17,7 @@ import torch
 from . import codec
 from .binarizer import make_binarizer
 from .errors import BaseModelMismatchError
-from .repo import StoredMask
+from .repo import REPO_FILES, StoredMask
 
 _BLOCK = re.compile(r"\.(\d+)\.")
 
@@ -85,12 +85,9 @@ def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
     )
     head_bytes = sum(t.numel() * t.element_size() for t in stored.head.values())
     sizes = {"mask_in_memory": stored.nbytes, "full_model": base_bytes + head_bytes}
-    if folder is not None:
-        sizes["repo_on_disk"] = sum(
-            os.path.getsize(os.path.join(folder, f))
-            for f in os.listdir(folder)
-            if os.path.isfile(os.path.join(folder, f))
-        )
+    if folder is not None:  # the repo's own files (a script's output folder also holds a tokenizer, logs…)
+        paths = [os.path.join(folder, name) for name in REPO_FILES]
+        sizes["repo_on_disk"] = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
     return MaskReport(
         base_model=stored.record.get("base_model_name_or_path"),
         base_revision=stored.record.get("base_model_revision"),
