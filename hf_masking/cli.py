@@ -239,7 +239,8 @@ def interpolate_command(args: argparse.Namespace) -> None:
             print(f"{label:<26} gamma {gamma:4.2f}  accuracy {metric:.4f}")
     _write_json(args.json, results)
     if args.plot:
-        plot_interpolation(results, f"{os.path.basename(args.finetuned.rstrip('/'))} / {args.mask}", args.plot)
+        names = (os.path.basename(p.rstrip("/")) for p in (args.finetuned, args.mask))
+        plot_interpolation(results, " / ".join(names), args.plot)
 
 
 def plot_interpolation(results: list[dict[str, Any]], title: str, path: str) -> None:
