@@ -324,7 +324,9 @@ def _data_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--task_name", help="read --data as this GLUE task's file as distributed")
     sub.add_argument("--label_column", default="label")
     sub.add_argument("--text_columns", nargs="+", help="one or two text columns (default: the first two others)")
-    sub.add_argument("--label-map", dest="label_map", help="data_label=mask_label,... for another dataset's labels")
+    sub.add_argument(
+        "--label-map", "--label_map", dest="label_map", help="data_label=mask_label,... for another dataset's labels"
+    )
     sub.add_argument("--base_model", help="the base (folder or id) instead of the one the masks record")
     sub.add_argument("--tokenizer", help="default: the base model's")
     sub.add_argument("--batch_size", type=int, default=32)
@@ -404,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--finetuned", required=True, help="a finetuned model folder (or Hub id)")
     interpolate.add_argument("--mask", required=True, help="a mask repo of the same base and task")
     interpolate.add_argument("--points", type=int, default=11, help="gamma values from 0 to 1 (default 11)")
-    interpolate.add_argument("--from-pretrained", dest="from_pretrained", action="store_true")
+    interpolate.add_argument("--from-pretrained", "--from_pretrained", dest="from_pretrained", action="store_true")
     interpolate.add_argument("--plot", metavar="PATH.png", help="accuracy along each line (paper Figure 6)")
     _data_arguments(interpolate)
     interpolate.set_defaults(run=interpolate_command)
