@@ -29,7 +29,7 @@ class MaskEnsemble:
             raise KeyError(f"No mask named {unknown[0]!r}; the model has {model.mask_names}.")
         if not mask_names:
             raise ValueError("An ensemble needs at least one mask.")
-        layouts = {model._mask_task.get(name, model._primary) for name in mask_names}
+        layouts = {model._task_key(name) for name in mask_names}
         if len(layouts) > 1:
             raise ValueError(
                 f"An ensemble needs masks of one label set and head; {mask_names} have {len(layouts)} different heads."

@@ -585,10 +585,10 @@ class MaskedModel(nn.Module):
         """
         if name == self._active:
             return
-        trainable = name == TRAINABLE_MASK and self._trainable
+        trainable = self._is_trainable_mask(name)
         stored = None if trainable else self._stored_mask(name)
         current = self._tasks[self._active_task]
-        target_key = self._primary if trainable else self._mask_task[name]
+        target_key = self._task_key(name)
         target = self._tasks[target_key]
         own = self._head_tensors(current)
         head_before = {n: t.detach().clone() for n, t in own.items()}
@@ -615,7 +615,7 @@ class MaskedModel(nn.Module):
                     own[tensor_name].copy_(value)
             raise
         self.model = target.model
-        if self._active == TRAINABLE_MASK and self._trainable:
+        if self._is_trainable_mask(self._active):
             self._trainable_head = head_before
         self._active = name
         self._active_task = target_key
@@ -624,7 +624,7 @@ class MaskedModel(nn.Module):
         """Forget a loaded mask (not the active one), and its head's task model if no other mask uses it."""
         if name == self._active:
             raise ValueError(f"Mask {name!r} is active; switch to another with set_active_mask first.")
-        if name == TRAINABLE_MASK and self._trainable:
+        if self._is_trainable_mask(name):
             raise ValueError("The trainable mask cannot be deleted.")
         self._stored_mask(name)  # a clear KeyError for unknown names
         del self._stored[name]
@@ -642,15 +642,21 @@ class MaskedModel(nn.Module):
         """
         groups: dict[tuple, list[int]] = {}
         for index, name in enumerate(mask_names):
-            if name is None:
-                key = self._active_task
-            elif name == TRAINABLE_MASK and self._trainable:
-                key = self._primary
-            else:
-                self._stored_mask(name)  # a clear KeyError for unknown names
-                key = self._mask_task[name]
-            groups.setdefault(key, []).append(index)
+            groups.setdefault(self._task_key(name), []).append(index)
         return list(groups.values())
+
+    def _is_trainable_mask(self, name: str | None) -> bool:
+        """Whether `name` is the trainable mask (computed from its scores), not a loaded one."""
+        return name == TRAINABLE_MASK and self._trainable
+
+    def _task_key(self, name: str | None) -> tuple:
+        """The task (head layout) mask `name` runs in; None (no mask) runs in the active one."""
+        if name is None:
+            return self._active_task
+        if self._is_trainable_mask(name):
+            return self._primary
+        self._stored_mask(name)  # a clear KeyError for unknown names
+        return self._mask_task[name]
 
     def _forward_rows(self, mask_names: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
         with self._rows_masked(mask_names, args, kwargs) as model:
@@ -669,11 +675,7 @@ class MaskedModel(nn.Module):
         unknown = [n for n in names if n is not None and n not in self.mask_names]
         if unknown:
             raise KeyError(f"No mask named {unknown[0]!r}; this model has {self.mask_names} (None: no mask).")
-        task_of = {
-            n: (self._primary if n == TRAINABLE_MASK and self._trainable else self._mask_task[n])
-            for n in names
-            if n is not None
-        }
+        task_of = {n: self._task_key(n) for n in names if n is not None}
         keys = list(dict.fromkeys(task_of.values()))
         if len(keys) > 1:
             first, other = (next(n for n in names if n is not None and task_of[n] == k) for k in keys[:2])
@@ -695,13 +697,13 @@ class MaskedModel(nn.Module):
         for name in set(names):
             if name is None:
                 sources[name] = None
-            elif name == TRAINABLE_MASK and self._trainable:
+            elif self._is_trainable_mask(name):
                 sources[name] = mixed_batch.SCORES
             else:
                 sources[name] = {task.model.get_submodule(m): self._fixed[name][m] for m in backbone}
         rows = mixed_batch.RowMasks(names, sources, self.fixed_masks.kernel)
         layers = {task.model.get_submodule(m): m for m in head_layers}
-        active_is_trainable = self._active == TRAINABLE_MASK and self._trainable
+        active_is_trainable = self._is_trainable_mask(self._active)
 
         def head_state(name: str | None) -> tuple[dict[str, torch.Tensor], dict[nn.Module, Any]]:
             if name is None:  # the active head, unmasked
@@ -801,7 +803,7 @@ class MaskedModel(nn.Module):
         name = mask_name or self._active
         if name in self._stored:
             return self._stored[name]
-        if name != TRAINABLE_MASK or not self._trainable:
+        if not self._is_trainable_mask(name):
             raise KeyError(f"No mask named {name!r}; this model has {self.mask_names}.")
         if self._active != TRAINABLE_MASK:
             raise ValueError("Activate the trainable mask before saving it: set_active_mask('default').")
