@@ -60,9 +60,7 @@ class Tasks:
             model.load_mask(repo, task)
             tasks.masks[task] = task
         for task, mask in tasks.masks.items():
-            labels = model.to_stored_mask(mask).record["label_config"]
-            id2label = labels.get("id2label") or {}
-            tasks.labels[task] = [id2label.get(str(i), f"LABEL_{i}") for i in range(labels["num_labels"])]
+            tasks.labels[task] = model.mask_labels(mask)
         source = tokenizer or base_model or model.get_base_model().name_or_path
         tasks.tokenizer = AutoTokenizer.from_pretrained(source)
         model.to(device).eval()

@@ -337,9 +337,7 @@ def _data_arguments(sub: argparse.ArgumentParser) -> None:
 
 
 def _id2label(model, name: str) -> dict[int, str]:
-    labels = model.to_stored_mask(name).record["label_config"]
-    id2label = labels.get("id2label") or {}
-    return {i: id2label.get(str(i), f"LABEL_{i}") for i in range(labels["num_labels"])}
+    return dict(enumerate(model.mask_labels(name)))
 
 
 def _label_map(text: str | None) -> dict[str, str] | None:

@@ -645,6 +645,21 @@ class MaskedModel(nn.Module):
             groups.setdefault(self._task_key(name), []).append(index)
         return list(groups.values())
 
+    def mask_labels(self, name: str | None = None) -> list[str]:
+        """The label names of mask `name`'s head (the active mask's by default), by label id.
+
+        Masks sharing one head layout may name their labels differently; ``LABEL_i`` where none is given.
+        """
+        name = name or self._active
+        if self._is_trainable_mask(name):
+            config = self._tasks[self._primary].model.config
+            id2label = {str(k): str(v) for k, v in (config.id2label or {}).items()}
+            count = int(config.num_labels)
+        else:
+            labels = self._stored_mask(name).record["label_config"]
+            id2label, count = labels.get("id2label") or {}, labels["num_labels"]
+        return [id2label.get(str(i), f"LABEL_{i}") for i in range(count)]
+
     def _is_trainable_mask(self, name: str | None) -> bool:
         """Whether `name` is the trainable mask (computed from its scores), not a loaded one."""
         return name == TRAINABLE_MASK and self._trainable

@@ -52,6 +52,7 @@ def test_trainable_model_keeps_its_own_mask_and_head_across_switches(three_masks
     model = train_a_little(MaskedModel(base, MaskingConfig(initial_sparsity=0.1, seed=5)), seed=5)
     own = model(**random_batch()).logits
     model.load_mask(root / "task1", "task1")
+    assert model.mask_labels() == model.mask_labels("task1") == ["LABEL_0", "LABEL_1", "LABEL_2"]
     model.set_active_mask("task1")
     assert torch.equal(model(**random_batch()).logits, expected["task1"])
     model.set_active_mask("default")
