@@ -154,25 +154,39 @@ def plot_dissimilarity(values: dict[str, float | None], title: str, path: str) -
     print(f"wrote {path}")
 
 
-def evaluate_command(args: argparse.Namespace) -> None:
+def _load_masked(args: argparse.Namespace, repo: str):
+    from .model import MaskedModel
+
+    return MaskedModel.from_pretrained(repo, args.revision, args.token, base_model=args.base_model)
+
+
+def _labelled_data(args: argparse.Namespace, model, max_rows: int | None = None):
+    """The --data file's texts, their gold ids under the active mask's labels, those labels, and the tokenizer."""
     from transformers import AutoTokenizer
 
     from . import evaluation
-    from .model import MaskedModel
 
-    model = MaskedModel.from_pretrained(args.repos[0], args.revision, args.token, base_model=args.base_model)
+    id2label = _id2label(model, model.active_mask)
+    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
+    if max_rows:
+        data = data.head(max_rows)
+    gold = evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or model.get_base_model().name_or_path)
+    return data, gold, id2label, tokenizer
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    from . import evaluation
+
+    model = _load_masked(args, args.repos[0])
     names = {"default": args.repos[0]}
     for i, repo in enumerate(args.repos[1:], start=1):
         model.load_mask(repo, f"mask{i}", args.revision, args.token)
         names[f"mask{i}"] = repo
-    label_sets = {n: _id2label(model, n) for n in names}
-    id2label = label_sets["default"]
-    other = next((n for n, labels in label_sets.items() if labels != id2label), None)
+    other = next((n for n in names if model.mask_labels(n) != model.mask_labels("default")), None)
     if other is not None:
         raise SystemExit(f"{names[other]} has other labels than {args.repos[0]}: evaluate masks of one label set.")
-    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
-    gold = evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or model.get_base_model().name_or_path)
+    data, gold, id2label, tokenizer = _labelled_data(args, model)
     logits = evaluation.mask_logits(model, list(names), data, tokenizer, args.batch_size, args.max_seq_length)
     ensembles = COMBINES if args.ensemble == "all" else ((args.ensemble,) if args.ensemble else ())
     if ensembles and len(names) < 2:
@@ -193,18 +207,15 @@ def interpolate_command(args: argparse.Namespace) -> None:
     import copy
 
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from . import evaluation
-    from .model import MaskedModel
 
-    masked = MaskedModel.from_pretrained(args.mask, args.revision, args.token, base_model=args.base_model)
+    masked = _load_masked(args, args.mask)
     merged = masked.merge().eval()  # gamma = 1: W0 ⊙ M, the masked model as a plain one
     finetuned = AutoModelForSequenceClassification.from_pretrained(args.finetuned).eval()
-    id2label = _id2label(masked, "default")
-    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
-    gold = torch.from_numpy(evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map)))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or masked.get_base_model().name_or_path)
+    data, gold, _, tokenizer = _labelled_data(args, masked)
+    gold = torch.from_numpy(gold)
 
     def accuracy(model) -> float:
         logits = evaluation.model_logits(model, data, tokenizer, args.batch_size, args.max_seq_length)
@@ -262,22 +273,12 @@ def plot_interpolation(results: list[dict[str, Any]], title: str, path: str) -> 
 
 def embed_command(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from . import evaluation
-    from .model import MaskedModel
 
-    masked = MaskedModel.from_pretrained(args.mask, args.revision, args.token, base_model=args.base_model)
-    id2label = _id2label(masked, "default")
-    data = evaluation.read_labelled(args.data, args.task_name, args.label_column, args.text_columns)
-    if args.max_rows and len(data.labels) > args.max_rows:
-        data = evaluation.LabelledTexts(
-            data.first[: args.max_rows],
-            data.second[: args.max_rows] if data.second is not None else None,
-            data.labels[: args.max_rows],
-        )
-    gold = evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or masked.get_base_model().name_or_path)
+    masked = _load_masked(args, args.mask)
+    data, gold, id2label, tokenizer = _labelled_data(args, masked, args.max_rows)
 
     def features(model) -> torch.Tensor:
         return evaluation.representations(model, data, tokenizer, args.batch_size, args.max_seq_length)

@@ -25,6 +25,11 @@ class LabelledTexts:
     second: list[str] | None
     labels: list[str]
 
+    def head(self, rows: int) -> LabelledTexts:
+        """The first `rows` rows."""
+        second = self.second[:rows] if self.second is not None else None
+        return LabelledTexts(self.first[:rows], second, self.labels[:rows])
+
 
 def read_labelled(
     path: str, task_name: str | None = None, label_column: str = "label", text_columns: list[str] | None = None
