@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,23 @@ def split_block(module_name: str) -> tuple[int | None, str]:
     return int(match.group(1)), module_name[match.end() :]
 
 
-def _bits(encoded: codec.EncodedMask) -> tuple[int, int]:
-    """(masked-out count, size) of a stored mask, from its positions."""
-    positions, minority, numel = codec.decode_positions(encoded.data)
-    return (positions.size if minority == 0 else numel - positions.size), numel
+def sparsity_report(counts: dict[str, tuple[int, int]], block_of: Callable[[str], int | None]) -> dict[str, Any]:
+    """Fraction masked out, from (masked-out, size) per module: {"global", "blocks", "modules", "masked_weights"}."""
+    per_block: dict[int, list[int]] = {}
+    for name, (zeros, numel) in counts.items():
+        block = block_of(name)
+        if block is not None:
+            acc = per_block.setdefault(block, [0, 0])
+            acc[0] += zeros
+            acc[1] += numel
+    zeros_total = sum(z for z, _ in counts.values())
+    total = sum(n for _, n in counts.values())
+    return {
+        "global": zeros_total / total if total else 0.0,
+        "blocks": {block: z / n for block, (z, n) in sorted(per_block.items())},
+        "modules": {name: z / n for name, (z, n) in counts.items()},
+        "masked_weights": total,
+    }
 
 
 @dataclass
@@ -68,16 +82,8 @@ class MaskReport:
 def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
     """Sparsity per module and per block (fraction of weights masked out) and the repo's size against the
     full model's (every base tensor in its recorded dtype; the head in the mask)."""
-    counts = {name: _bits(encoded) for name, encoded in stored.masks.items()}
-    blocks: dict[int, list[int]] = {}
-    for name, (zeros, numel) in counts.items():
-        block, _ = split_block(name)
-        if block is not None:
-            acc = blocks.setdefault(block, [0, 0])
-            acc[0] += zeros
-            acc[1] += numel
-    zeros = sum(z for z, _ in counts.values())
-    total = sum(n for _, n in counts.values())
+    counts = {name: codec.masked_out(encoded) for name, encoded in stored.masks.items()}
+    report = sparsity_report(counts, lambda name: split_block(name)[0])
     tensors = stored.record["base_fingerprint"]["tensors"]
     base_bytes = sum(
         int(np.prod(t["shape"], dtype=np.int64)) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()
@@ -94,9 +100,9 @@ def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
         head_class=stored.record["head_class"],
         model_type=stored.record.get("model_type"),
         codec=f"{codec.CODEC_NAME} v{codec.CODEC_VERSION}",
-        global_sparsity=zeros / total if total else 0.0,
-        blocks={b: z / n for b, (z, n) in sorted(blocks.items())},
-        modules={name: z / n for name, (z, n) in counts.items()},
+        global_sparsity=report["global"],
+        blocks=report["blocks"],
+        modules=report["modules"],
         bytes=sizes,
     )
 

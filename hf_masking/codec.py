@@ -110,6 +110,12 @@ def decode_positions(data: bytes) -> tuple[np.ndarray, int, int]:
     return positions, minority, numel
 
 
+def masked_out(encoded: EncodedMask) -> tuple[int, int]:
+    """(how many weights the mask removes, how many it covers)."""
+    positions, minority, numel = decode_positions(encoded.data)
+    return (positions.size if minority == 0 else numel - positions.size), numel
+
+
 def verify(encoded: EncodedMask) -> tuple[np.ndarray, int, int]:
     """Decode the positions and check them against the stored digest and shape."""
     positions, minority, numel = decode_positions(encoded.data)

@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from . import atomic_save, codec, hub, mixed_batch, model_card, sharding
 from . import repo as repo_format
+from .analysis import sparsity_report
 from .binarizer import make_binarizer
 from .config import MaskingConfig
 from .errors import BaseModelMismatchError, MaskRepoError
@@ -267,31 +268,8 @@ class MaskedModel(nn.Module):
         if mask_name is None or mask_name == self._active:
             counts = {name: (int(m.numel() - m.count_nonzero()), m.numel()) for name, m in self.masks().items()}
         else:
-            counts = {}
-            for name, encoded in self._stored_mask(mask_name).masks.items():
-                positions, minority, numel = codec.decode_positions(encoded.data)
-                counts[name] = (positions.size if minority == 0 else numel - positions.size, numel)
-        return self._sparsity_report(counts)
-
-    def _sparsity_report(self, counts: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        zeros_total = count_total = 0
-        per_block: dict[int, list[int]] = {}
-        per_module: dict[str, float] = {}
-        for name, (zeros, count) in counts.items():
-            per_module[name] = zeros / count
-            zeros_total += zeros
-            count_total += count
-            block = self.targets.block_of(name)
-            if block is not None:
-                acc = per_block.setdefault(block, [0, 0])
-                acc[0] += zeros
-                acc[1] += count
-        return {
-            "global": zeros_total / count_total,
-            "blocks": {block: z / n for block, (z, n) in sorted(per_block.items())},
-            "modules": per_module,
-            "masked_weights": count_total,
-        }
+            counts = {name: codec.masked_out(encoded) for name, encoded in self._stored_mask(mask_name).masks.items()}
+        return sparsity_report(counts, self.targets.block_of)
 
     def num_trainable_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts, scores included in both."""
