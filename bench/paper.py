@@ -92,7 +92,6 @@ def cli(*args: str) -> None:
 
 def table2(data: str, out: str, model: str) -> dict:
     """TREC test accuracy: single masks and finetuned models of 4 seeds, and their ensembles (paper Table 2)."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hf_masking import evaluation
@@ -104,13 +103,14 @@ def table2(data: str, out: str, model: str) -> dict:
     cli("evaluate", *masks, "--data", test, "--ensemble", "all", "--json", os.path.join(RESULTS, "table2_masks.json"))
     texts = evaluation.read_labelled(test)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    logits, gold = {}, None
+    logits, id2label = {}, None
     for folder in finetuned:
         plain = AutoModelForSequenceClassification.from_pretrained(folder)
-        ids = {label: i for i, label in plain.config.id2label.items()}
-        gold = torch.tensor([ids[label] for label in texts.labels])
+        if id2label not in (None, plain.config.id2label):
+            raise SystemExit(f"{folder} numbers its labels differently from {finetuned[0]}.")
+        id2label = plain.config.id2label
         logits[folder] = evaluation.model_logits(plain, texts, tokenizer)
-    results = evaluation.evaluate(logits, gold.numpy(), COMBINES)
+    results = evaluation.evaluate(logits, evaluation.gold_ids(texts.labels, id2label), COMBINES)
     with open(os.path.join(RESULTS, "table2_finetuned.json"), "w") as handle:
         json.dump(results, handle, indent=2)
     print("finetuned, single:", {k: round(v["accuracy"], 4) for k, v in results["masks"].items()})
