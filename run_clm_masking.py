@@ -36,6 +36,7 @@ from hf_masking.arguments import MaskingArguments, ModelArguments
 from hf_masking.data import DataFileError, check_file
 from hf_masking.scripts import (
     callbacks_for,
+    optimizer_for,
     parse_and_set_up,
     prepare_model,
     push_outputs,
@@ -283,6 +284,7 @@ def main():
         compute_metrics=compute_metrics if training_args.do_eval else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
         callbacks=callbacks_for(model),
+        optimizer_cls_and_kwargs=optimizer_for(model, training_args, masking_args),
     )
 
     if training_args.do_train:

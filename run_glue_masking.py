@@ -36,6 +36,7 @@ from hf_masking.data import GLUE, DataFileError, check_file, check_known_labels,
 from hf_masking.metrics import glue_metrics, majority_label
 from hf_masking.scripts import (
     callbacks_for,
+    optimizer_for,
     parse_and_set_up,
     prepare_model,
     push_outputs,
@@ -240,6 +241,7 @@ def main():
         processing_class=tokenizer,
         data_collator=data_collator,
         callbacks=callbacks_for(model),
+        optimizer_cls_and_kwargs=optimizer_for(model, training_args, masking_args),
     )
 
     if training_args.do_train:

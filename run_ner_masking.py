@@ -40,6 +40,7 @@ from hf_masking.data import (
 from hf_masking.metrics import majority_label, seqeval_metrics
 from hf_masking.scripts import (
     callbacks_for,
+    optimizer_for,
     parse_and_set_up,
     prepare_model,
     push_outputs,
@@ -252,6 +253,7 @@ def main():
         ),
         compute_metrics=compute_metrics,
         callbacks=callbacks_for(model),
+        optimizer_cls_and_kwargs=optimizer_for(model, training_args, masking_args),
     )
 
     if training_args.do_train:

@@ -33,6 +33,7 @@ from hf_masking.data import DataFileError, check_file, load_files, require_colum
 from hf_masking.metrics import accuracy, majority_label
 from hf_masking.scripts import (
     callbacks_for,
+    optimizer_for,
     parse_and_set_up,
     prepare_model,
     push_outputs,
@@ -154,6 +155,7 @@ def main():
         data_collator=data_collator,
         compute_metrics=compute_metrics,
         callbacks=callbacks_for(model),
+        optimizer_cls_and_kwargs=optimizer_for(model, training_args, masking_args),
     )
 
     if training_args.do_train:

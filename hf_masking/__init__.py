@@ -7,8 +7,9 @@ from .ensemble import MaskEnsemble
 from .errors import BaseModelMismatchError, MaskRepoError
 from .layers import MaskedLinear
 from .model import MaskedModel
+from .optimization import masking_optimizer
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "BaseModelMismatchError",
@@ -19,6 +20,7 @@ __all__ = [
     "MaskingCallback",
     "MaskingConfig",
     "__version__",
+    "masking_optimizer",
 ]
 
 

@@ -47,6 +47,17 @@ def _build() -> type:
     ]
     specs += [
         (
+            "head_learning_rate",
+            float | None,
+            field(
+                default=None,
+                metadata={
+                    "help": "Learning rate of what masking trains in full (a head with --mask_head train or auto, "
+                    "--mask_modules_to_save); the scores keep --learning_rate. Default: --learning_rate."
+                },
+            ),
+        ),
+        (
             "lora_r",
             int | None,
             field(

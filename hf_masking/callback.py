@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
-from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
 from .model import MaskedModel
+from .optimization import find_masked_model
 
-
-def _find_masked_model(model: nn.Module | None) -> MaskedModel | None:
-    while model is not None and not isinstance(model, MaskedModel):
-        model = getattr(model, "module", None)  # DDP and similar wrappers
-    return model
+logger = logging.getLogger(__name__)
 
 
 def exempt_scores_from_weight_decay(optimizer: Any, model: MaskedModel) -> int:
     """Set weight decay to 0 in every optimizer group that holds mask scores; returns how many groups.
 
     The Trainer decays every parameter whose name lacks "bias" or "norm", scores included;
-    decay would pull scores towards 0 < τ and switch weights off for no task reason.
+    decay would pull scores towards 0 < τ and switch weights off for no task reason. A trained
+    head's weights in such a group lose their decay too (said once); `masking_optimizer` keeps
+    them apart.
     """
     score_ids = {id(m.mask_scores) for m in model.masked_modules().values() if m.mask_scores is not None}
     changed = 0
@@ -31,9 +30,11 @@ def exempt_scores_from_weight_decay(optimizer: Any, model: MaskedModel) -> int:
         if not any(has_scores) or group.get("weight_decay", 0.0) == 0.0:
             continue
         if not all(has_scores):
-            raise ValueError(
-                "An optimizer parameter group mixes mask scores with other parameters under weight decay "
-                f"{group['weight_decay']}; put the scores in a group of their own with weight_decay=0."
+            logger.warning(
+                f"An optimizer group holds mask scores and {has_scores.count(False)} trained head tensor(s) under "
+                f"weight decay {group['weight_decay']}: the whole group trains without decay, since decay would "
+                "switch masked weights off. Pass Trainer(optimizer_cls_and_kwargs=hf_masking.masking_optimizer("
+                "args)) to decay the head's weights alone."
             )
         group["weight_decay"] = 0.0
         changed += 1
@@ -65,7 +66,7 @@ class MaskingCallback(TrainerCallback):
         del frame
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        masked = _find_masked_model(model)
+        masked = find_masked_model(model)
         if masked is None:
             raise TypeError("MaskingCallback needs the Trainer's model to be a hf_masking.MaskedModel.")
         masked._callback_attached = True
@@ -73,7 +74,7 @@ class MaskingCallback(TrainerCallback):
             exempt_scores_from_weight_decay(optimizer, masked)
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        masked = _find_masked_model(model)
+        masked = find_masked_model(model)
         if masked is None or logs is None or "loss" not in logs:
             return
         report = masked.sparsity()

@@ -12,6 +12,8 @@ BINARIZERS = ("threshold", "topk")
 # bfloat16 halves the scores, their gradients and Adam's states; float16 is refused, since its
 # 5 exponent bits lose Adam's small updates (and the Trainer's fp16 scaler refuses fp16 parameters).
 SCORE_DTYPES = ("float32", "bfloat16")
+# How the task head (the modules the base checkpoint lacks) learns; "auto" picks per head kind (targets.head_mode).
+HEAD_MODES = ("auto", "mask", "train")
 # Scores are fp32: keep the threshold and initial range far inside its range (3.4e38).
 _SCORE_LIMIT = 1e30
 
@@ -74,9 +76,19 @@ class MaskingConfig:
     mask_classifier: bool = field(
         default=True,
         metadata={
-            "help": "Mask the linear layers of the task head (BERT's classifier, RoBERTa's classifier.dense "
-            "and out_proj, DistilBERT's pre_classifier and classifier). The head stays at its random "
-            "initialisation: it is masked, not trained."
+            "help": "With head='mask': mask the linear layers of the task head (BERT's classifier, RoBERTa's "
+            "classifier.dense and out_proj, DistilBERT's pre_classifier and classifier), which stay at their "
+            "random initialisation. False leaves them random and unmasked."
+        },
+    )
+    head: str = field(
+        default="auto",
+        metadata={
+            "help": f"How the task head learns: one of {HEAD_MODES}. 'mask' is the paper's: the random head is "
+            "masked, never trained. 'train' trains it in full precision beside the scores (saved in the repo as "
+            "the head always is): a mask can only zero a random projection's entries, so it cannot learn an "
+            "output's scale and offset. 'auto' trains the heads whose output scale matters (regression, "
+            "multi-label) and those where training measured better (see BENCHMARKS.md), and masks the others."
         },
     )
     extra_patterns: list[str] | None = field(
@@ -89,8 +101,9 @@ class MaskingConfig:
     modules_to_save: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Modules whose tensors travel with the mask in full precision. Default: every module "
-            "outside the pretrained backbone (the task head), since its random values are not in the base."
+            "help": "As in PEFT: modules trained in full precision (not masked) and saved in the repo, e.g. "
+            "['classifier'] or a backbone layer. The task head's tensors are saved whatever this says, since its "
+            "values are not in the base; whether the head trains is `head`'s choice."
         },
     )
     score_dtype: str = field(
@@ -123,6 +136,8 @@ class MaskingConfig:
             raise bad("threshold", self.threshold, f"threshold + init_scale must be > 0 (init_scale={self.init_scale})")
         if not isinstance(self.score_dtype, str) or self.score_dtype not in SCORE_DTYPES:
             raise bad("score_dtype", self.score_dtype, f"expected one of {list(SCORE_DTYPES)}")
+        if not isinstance(self.head, str) or self.head not in HEAD_MODES:
+            raise bad("head", self.head, f"expected one of {list(HEAD_MODES)}")
         if not isinstance(self.binarizer, str) or self.binarizer not in BINARIZERS:
             raise bad("binarizer", self.binarizer, f"expected one of {list(BINARIZERS)}")
         low, high = self.init_range

@@ -30,7 +30,14 @@ from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint, non_p
 from .fixed_mask import FixedMask, FixedMaskCache
 from .layers import MaskedLinear
 from .repo import StoredMask
-from .targets import ResolvedTargets, backbone_prefix, check_modules_to_save, resolve_targets
+from .targets import (
+    ResolvedTargets,
+    backbone_prefix,
+    check_modules_to_save,
+    is_within,
+    resolve_targets,
+    trained_modules,
+)
 
 TRAINABLE_MASK = "default"
 
@@ -157,12 +164,18 @@ class MaskedModel(nn.Module):
             raise TypeError(f"config must be a MaskingConfig, not {type(config).__name__}.")
         super().__init__()
         config = config or MaskingConfig()
-        targets = resolve_targets(model, config, masked_modules)
         check_modules_to_save(model, config)
+        targets = resolve_targets(model, config, masked_modules)
         self.model = model
         self.masking_config = config
         for param in model.parameters():
             param.requires_grad_(False)
+        # The head when it trains, and modules_to_save: trained in full beside the scores (PEFT's meaning).
+        self.trained_modules = trained_modules(model, config)
+        if trainable:
+            for name, param in model.named_parameters():
+                if is_within(name, self.trained_modules):
+                    param.requires_grad_(True)
         binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
         for name in targets.modules:
             original = model.get_submodule(name)
@@ -283,10 +296,11 @@ class MaskedModel(nn.Module):
 
     # ----- what a checkpoint must hold ---------------------------------------------------
     def head_tensor_names(self) -> list[str]:
-        """Tensors (names in the wrapped model) that the base checkpoint lacks: the task head.
+        """Tensors (names in the wrapped model) that the repo carries beside the mask.
 
-        Defaults to every parameter and buffer outside the pretrained backbone that is not tied to
-        it; ``MaskingConfig.modules_to_save`` names the modules explicitly instead.
+        Every parameter and buffer outside the pretrained backbone that is not tied to it (the task
+        head, whose values the base checkpoint lacks), and those of ``MaskingConfig.modules_to_save``
+        (trained in full).
         """
         return self._head_names(self._tasks[self._active_task])
 
@@ -300,10 +314,9 @@ class MaskedModel(nn.Module):
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if name.endswith("mask_scores") or name in transient:
                 continue
-            if task.modules_to_save is not None:
-                if any(name.startswith(m + ".") for m in task.modules_to_save):
-                    names.append(name)
-            elif name.split(".", 1)[0] in task.targets.head_prefixes and id(tensor) not in backbone_ids:
+            if is_within(name, task.modules_to_save or []) or (
+                name.split(".", 1)[0] in task.targets.head_prefixes and id(tensor) not in backbone_ids
+            ):
                 names.append(name)
         return names
 

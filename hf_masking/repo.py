@@ -65,7 +65,8 @@ class StoredMask:
 
     @property
     def config(self) -> MaskingConfig:
-        return MaskingConfig.from_dict(self.record["masking_config"])
+        # Repos of hf-masking < 0.4 predate `head`: their heads were masked, which "auto" may no longer do.
+        return MaskingConfig.from_dict({"head": "mask", **self.record["masking_config"]})
 
     @property
     def nbytes(self) -> int:

@@ -157,6 +157,32 @@ def _with_lora(model: nn.Module, masking_args: Any) -> nn.Module:
     return peft_model
 
 
+def optimizer_for(model: nn.Module, training_args: TrainingArguments, masking_args: Any) -> Any:
+    """``Trainer(optimizer_cls_and_kwargs=...)``: with --head_learning_rate, the trained head at its own rate.
+
+    Refused where nothing would train at that rate, so the flag is never silently ignored.
+    """
+    rate = getattr(masking_args, "head_learning_rate", None)
+    if rate is None:
+        return None
+    if not isinstance(model, MaskedModel):
+        raise ValueError(
+            "--head_learning_rate sets the rate of a head trained beside a mask; without masking "
+            "(--no_masking, --lora_r) everything trains at --learning_rate."
+        )
+    if not training_args.do_train:
+        raise ValueError("--head_learning_rate is a training rate; this run does not train (--do_train).")
+    if not model.trained_modules:
+        raise ValueError(
+            "--head_learning_rate: nothing trains in full here (the head is masked: --mask_head "
+            f"{model.masking_config.head}, and no --mask_modules_to_save). Pass --mask_head train to train the head."
+        )
+    from .optimization import masking_optimizer
+
+    logger.info(f"Training {model.trained_modules} at {rate:g}, the mask scores at {training_args.learning_rate:g}")
+    return masking_optimizer(training_args, head_learning_rate=rate)
+
+
 def callbacks_for(model: nn.Module) -> list:
     if isinstance(model, MaskedModel):
         from .callback import MaskingCallback

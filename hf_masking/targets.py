@@ -130,7 +130,8 @@ def _explicit_targets(model: nn.Module, modules: list[str]) -> list[str]:
 
 
 def check_modules_to_save(model: nn.Module, config: MaskingConfig) -> None:
-    """Refuse `modules_to_save` entries that name no module (a typo would save a repo without its head)."""
+    """Refuse `modules_to_save` entries that name no module, hold no parameter, or share weights with the
+    backbone (training a tied ``lm_head`` would change the base's embeddings, which the repo does not carry)."""
     names = {name for name, _ in model.named_modules()}
     for entry in config.modules_to_save or []:
         if entry not in names:
@@ -139,6 +140,64 @@ def check_modules_to_save(model: nn.Module, config: MaskingConfig) -> None:
                 f"MaskingConfig.modules_to_save: {entry!r} is not a module of {type(model).__name__}; its top-level "
                 f"modules are: {_listing(tops)}."
             )
+        module = model.get_submodule(entry)
+        if not any(True for _ in module.parameters()):
+            raise ValueError(f"MaskingConfig.modules_to_save: {entry!r} has no parameters to train.")
+        elsewhere = {
+            id(p) for name, p in model.named_parameters(remove_duplicate=False) if not is_within(name, [entry])
+        }
+        shared = [name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in elsewhere]
+        if shared:
+            raise ValueError(
+                f"MaskingConfig.modules_to_save: {entry!r} shares {entry}.{shared[0]} with another module (tied "
+                "weights); training it would change the base model too. Name a module with weights of its own."
+            )
+
+
+def is_within(name: str, modules: list[str]) -> bool:
+    """Whether the module or tensor `name` is one of `modules` or inside one."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def head_kind(model: nn.Module) -> str:
+    """What the task head computes, as far as masking cares: ``regression``, ``multi_label_classification``,
+    ``sequence_classification``, ``token_classification``, ``multiple_choice``, or ``other``."""
+    config = getattr(model, "config", None)
+    name = type(model).__name__
+    problem = getattr(config, "problem_type", None)
+    if name.endswith("ForSequenceClassification"):
+        if problem in ("regression", "multi_label_classification"):
+            return problem
+        # transformers' own rule when problem_type is unset: one label is regression (MSE loss).
+        return "regression" if problem is None and getattr(config, "num_labels", 2) == 1 else "sequence_classification"
+    for suffix, kind in (("ForTokenClassification", "token_classification"), ("ForMultipleChoice", "multiple_choice")):
+        if name.endswith(suffix):
+            return kind
+    return "other"
+
+
+# What head='auto' does per head kind. Regression and multi-label heads need their output's scale and offset
+# (targets 0-5, sigmoid biases), which masking a random projection cannot learn; the rest follows the
+# head benchmark (BENCHMARKS.md, "Heads": bench/accuracy.py --preset cpu_heads).
+AUTO_HEAD_MODES = {
+    "regression": "train",
+    "multi_label_classification": "train",
+    "sequence_classification": "mask",
+    "token_classification": "mask",
+    "multiple_choice": "mask",
+    "other": "mask",
+}
+
+
+def head_mode(model: nn.Module, config: MaskingConfig) -> str:
+    """``"mask"`` or ``"train"``: the config's `head`, with ``"auto"`` resolved for this model's head."""
+    return AUTO_HEAD_MODES[head_kind(model)] if config.head == "auto" else config.head
+
+
+def trained_modules(model: nn.Module, config: MaskingConfig) -> list[str]:
+    """Modules trained in full precision instead of masked: the task head when it trains, and `modules_to_save`."""
+    trained = list(head_prefixes(model)) if head_mode(model, config) == "train" else []
+    return trained + [m for m in config.modules_to_save or [] if m not in trained]
 
 
 def resolve_targets(model: nn.Module, config: MaskingConfig, modules: list[str] | None = None) -> ResolvedTargets:
@@ -231,8 +290,16 @@ def resolve_targets(model: nn.Module, config: MaskingConfig, modules: list[str] 
             )
         selected += matches
 
+    trained = trained_modules(model, config)
+    for pattern in config.extra_patterns or []:
+        clash = next((name for name in maskable if re.fullmatch(pattern, name) and is_within(name, trained)), None)
+        if clash is not None:
+            raise ValueError(
+                f"MaskingConfig.extra_patterns: {pattern!r} selects {clash}, which is trained in full instead "
+                "(modules_to_save, or head='train'); a module is either masked or trained."
+            )
     order = {name: i for i, name in enumerate(maskable)}
-    modules = sorted(set(selected), key=order.__getitem__)
+    modules = sorted({name for name in selected if not is_within(name, trained)}, key=order.__getitem__)
     if not modules:
         raise ValueError(
             f"MaskingConfig selects no module of {type(model).__name__}; its linear modules are: {_listing(maskable)}."
