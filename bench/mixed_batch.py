@@ -45,7 +45,7 @@ def timed(call, repeats: int) -> float:
 def masked_models(base, n_masks: int):
     """A serving MaskedModel with n loaded masks (m0…), each with its own head, on a copy of `base`."""
     from hf_masking import MaskedModel, MaskingConfig
-    from hf_masking.model import init_scores
+    from hf_masking.binarizer import init_scores
 
     trainer = MaskedModel(copy.deepcopy(base), MaskingConfig(initial_sparsity=0.08))
     stored = []

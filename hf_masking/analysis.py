@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from . import codec
-from .binarizer import make_binarizer
+from .binarizer import binarizer_for, init_scores
 from .errors import BaseModelMismatchError
+from .fingerprint import same_tensor, tensor_record
 from .repo import REPO_FILES, StoredMask
 
 _BLOCK = re.compile(r"\.(\d+)\.")
@@ -84,10 +85,10 @@ def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
     full model's (every base tensor in its recorded dtype; the head in the mask)."""
     counts = {name: codec.masked_out(encoded) for name, encoded in stored.masks.items()}
     report = sparsity_report(counts, lambda name: split_block(name)[0])
-    tensors = stored.record["base_fingerprint"]["tensors"]
+    tensors = [tensor_record(t) for t in stored.record["base_fingerprint"]["tensors"].values()]
     base_bytes = sum(
         int(np.prod(t["shape"], dtype=np.int64)) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()
-        for t in tensors.values()
+        for t in tensors
     )
     head_bytes = sum(t.numel() * t.element_size() for t in stored.head.values())
     sizes = {"mask_in_memory": stored.nbytes, "full_model": base_bytes + head_bytes}
@@ -116,11 +117,9 @@ def _dtype(name: str) -> torch.dtype:
 
 def initial_mask(stored: StoredMask, module_name: str) -> torch.Tensor:
     """The mask training started from: regenerated from the repo's config and seed (as `MaskedModel` drew it)."""
-    from .model import init_scores
-
     config = stored.config
     shape = torch.Size(stored.masks[module_name].shape)
-    binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
+    binarize = binarizer_for(config)
     return binarize(init_scores(shape, module_name, config).float())
 
 
@@ -161,7 +160,7 @@ def comparable_modules(a: StoredMask, b: StoredMask) -> list[str]:
     names = []
     for name in [n for n in a.masks if n in b.masks]:
         weight = f"{name}.weight"
-        if weight in tensors_a and weight in tensors_b and tensors_a[weight]["sha256"] != tensors_b[weight]["sha256"]:
+        if weight in tensors_a and weight in tensors_b and not same_tensor(tensors_a[weight], tensors_b[weight]):
             raise BaseModelMismatchError(
                 f"The two masks were trained on different bases: the weight {weight} differs "
                 f"({a.record.get('base_model_name_or_path')} vs {b.record.get('base_model_name_or_path')})."

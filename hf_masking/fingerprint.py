@@ -20,7 +20,10 @@ from torch import nn
 
 from .errors import BaseModelMismatchError
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
+# Hex characters of a per-tensor digest (64 bits): enough to name the first tensor that differs. The
+# fingerprint's "sha256" covers every tensor's full digest, so the whole base is checked at full strength.
+SHORT_DIGEST = 16
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 _DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float64, *HALF_DTYPES)}
 
@@ -115,19 +118,55 @@ class BaseTensors:
         return self._digests[key]
 
 
+def _combined_digest(names: list[str], digest_of) -> str:  # noqa: ANN001
+    combined = hashlib.sha256()
+    for name in sorted(names):  # the JSON file sorts its keys
+        combined.update(f"{name}:{digest_of(name)}\n".encode())
+    return combined.hexdigest()
+
+
 def make_fingerprint(base: BaseTensors) -> dict[str, Any]:
-    """The fingerprint recorded in a mask repo: per-tensor digests (and their half-precision roundings)."""
+    """The fingerprint recorded in a mask repo, compact: per tensor its shape, dtype and short digests (of its
+    own dtype, and for float32 of its float16 and bfloat16 roundings); one full digest over all of them."""
     tensors = {}
     for name, tensor in base.tensors.items():
-        digests = {_dtype_name(tensor.dtype): base.digest(name)}
+        entry = [list(tensor.shape), _dtype_name(tensor.dtype), base.digest(name)[:SHORT_DIGEST]]
         if tensor.dtype == torch.float32:
-            for half in HALF_DTYPES:
-                digests[_dtype_name(half)] = base.digest(name, half)
-        tensors[name] = {"shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype), "sha256": digests}
-    return {"version": FINGERPRINT_VERSION, "config": base.config, "tensors": tensors}
+            entry += [base.digest(name, half)[:SHORT_DIGEST] for half in HALF_DTYPES]
+        tensors[name] = entry
+    return {
+        "version": FINGERPRINT_VERSION,
+        "config": base.config,
+        "tensors": tensors,
+        "sha256": _combined_digest(list(base.tensors), base.digest),
+    }
 
 
-def _check_tensor(base: BaseTensors, name: str, record: dict[str, Any]) -> None:
+def tensor_record(entry: Any) -> dict[str, Any]:
+    """One tensor's fingerprint entry as {"shape", "dtype", "sha256": {dtype: digest}}, from either version."""
+    if isinstance(entry, dict):  # version 1: full digests
+        return entry
+    shape, dtype, *digests = entry
+    names = [dtype] + ([_dtype_name(h) for h in HALF_DTYPES] if len(digests) > 1 else [])
+    return {"shape": shape, "dtype": dtype, "sha256": dict(zip(names, digests, strict=True))}
+
+
+def same_tensor(entry_a: Any, entry_b: Any) -> bool:
+    """Whether two fingerprint entries (of either version) record the same tensor, as far as both tell."""
+    a, b = tensor_record(entry_a), tensor_record(entry_b)
+    if a["shape"] != b["shape"] or a["dtype"] != b["dtype"]:
+        return False
+    first, second = a["sha256"][a["dtype"]], b["sha256"][b["dtype"]]
+    size = min(len(first), len(second))
+    return first[:size] == second[:size]
+
+
+def _matches(full: str, recorded: str) -> bool:
+    return full[: len(recorded)] == recorded
+
+
+def _check_tensor(base: BaseTensors, name: str, record: dict[str, Any]) -> bool:
+    """Raise if tensor `name` differs; True when it was compared in the dtype it was trained in."""
     tensor = base.tensors[name]
     if list(tensor.shape) != record["shape"]:
         raise BaseModelMismatchError(
@@ -137,8 +176,8 @@ def _check_tensor(base: BaseTensors, name: str, record: dict[str, Any]) -> None:
     current, trained = _dtype_name(tensor.dtype), record["dtype"]
     digests = record["sha256"]
     if current in digests:
-        if base.digest(name) == digests[current]:
-            return
+        if _matches(base.digest(name), digests[current]):
+            return current == trained
         detail = "" if current == trained else f" (compared with the {trained} original rounded to {current})"
         raise BaseModelMismatchError(
             f"{name} differs from the tensor the mask was trained on{detail}: this is a different or modified base "
@@ -153,8 +192,8 @@ def _check_tensor(base: BaseTensors, name: str, record: dict[str, Any]) -> None:
         # A wider copy of a half-precision base: equal only if it holds exactly the original values.
         value = base.value(name)
         narrowed = value.to(trained_dtype)
-        if torch.equal(narrowed.to(value.dtype), value) and tensor_digest(narrowed) == digests[trained]:
-            return
+        if torch.equal(narrowed.to(value.dtype), value) and _matches(tensor_digest(narrowed), digests[trained]):
+            return False
         raise BaseModelMismatchError(
             f"{name} ({current}) is not the {trained} tensor the mask was trained on: this is a different or modified "
             "base model."
@@ -174,7 +213,7 @@ def check_fingerprint(base: BaseTensors, expected: dict[str, Any]) -> None:
                 f"The base model's config has {key}={base.config[key]!r}, but the mask was trained on a base with "
                 f"{key}={recorded[key]!r}."
             )
-    records = expected["tensors"]
+    records = {name: tensor_record(entry) for name, entry in expected["tensors"].items()}
     missing = [name for name in records if name not in base.tensors]
     if missing:
         raise BaseModelMismatchError(
@@ -189,5 +228,12 @@ def check_fingerprint(base: BaseTensors, expected: dict[str, Any]) -> None:
         )
     # Hashed on this thread: a thread pool halved the hashing (53 -> 29 ms on MiniLM) but left glibc's
     # allocator handing later large allocations fresh pages, tripling mask switch times.
-    for name in base.tensors:
-        _check_tensor(base, name, records[name])
+    in_trained_dtype = [_check_tensor(base, name, records[name]) for name in base.tensors]
+    # Every tensor matched its short digest; where all are in the dtype they were trained in, the full one
+    # over all of them is checkable too (a base loaded in another dtype is checked per tensor only).
+    if "sha256" in expected and all(in_trained_dtype):
+        if _combined_digest(list(expected["tensors"]), base.digest) != expected["sha256"]:
+            raise BaseModelMismatchError(
+                "The base model's tensors differ from those the mask was trained on (the full digest over all of "
+                "them does not match): this is a different or modified base model."
+            )

@@ -55,7 +55,7 @@ class DecodedMask:
 
     @classmethod
     def from_encoded(cls, encoded: codec.EncodedMask, device: torch.device) -> DecodedMask:
-        positions, minority, numel = codec.decode_positions(encoded.data)
+        positions, minority, numel = codec.decode_positions(encoded)
         return cls(torch.from_numpy(positions).to(device), minority, numel)
 
     @classmethod

@@ -115,7 +115,7 @@ def find_cached_revision(repo_id: str | None, tensor_names: list[str], digests: 
 
     from .fingerprint import tensor_digest
 
-    wanted = set(digests)
+    wanted = set(digests)  # full digests, or a fingerprint's short ones: compared on their length
     snapshots = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"), "snapshots")
     if not os.path.isdir(snapshots):
         return None
@@ -128,7 +128,8 @@ def find_cached_revision(repo_id: str | None, tensor_names: list[str], digests: 
                 with safe_open(os.path.join(snapshot.path, file_name), framework="pt") as handle:
                     keys = set(handle.keys())
                     key = next((k for k in tensor_names if k in keys), None)
-                    if key is not None and tensor_digest(handle.get_tensor(key)) in wanted:
+                    found = tensor_digest(handle.get_tensor(key)) if key is not None else None
+                    if found is not None and any(found[: len(w)] == w for w in wanted):
                         return snapshot.name
             except (SafetensorError, OSError):
                 continue

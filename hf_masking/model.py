@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import math
 import os
 import tempfile
 import warnings
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +21,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from . import atomic_save, codec, hub, mixed_batch, model_card, sharding
 from . import repo as repo_format
 from .analysis import sparsity_report
-from .binarizer import make_binarizer
+from .binarizer import binarizer_for, init_scores, make_binarizer, scores_for_mask  # noqa: F401  (public here too)
 from .config import MaskingConfig
 from .errors import BaseModelMismatchError, MaskRepoError
-from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint, non_persistent_buffers
+from .fingerprint import BaseTensors, check_fingerprint, make_fingerprint, non_persistent_buffers, tensor_record
 from .fixed_mask import FixedMask, FixedMaskCache
 from .layers import MaskedLinear
 from .repo import StoredMask
@@ -95,43 +93,6 @@ def _with_mask_names(signature: inspect.Signature) -> inspect.Signature:
     return signature.replace(parameters=[*parameters[:position], extra, *parameters[position:]])
 
 
-def scores_for_mask(initial: torch.Tensor, mask: torch.Tensor, config: MaskingConfig) -> torch.Tensor:
-    """Scores that binarize to exactly `mask`, as close as possible to the initial scores.
-
-    Threshold binarizer: each initial score stays, except where it falls on the wrong side of τ;
-    there it moves to τ (kept) or to the float just below τ (masked out), so training picks up
-    at the decision boundary of exactly those weights. Top-k: kept scores are lifted above every
-    masked-out one by the initial range, preserving their order within each group.
-    """
-    dtype = config.torch_score_dtype
-    scores = initial.detach().to(dtype).clone()
-    if config.binarizer == "topk":
-        span = float(scores.max() - scores.min()) + 1.0
-        return torch.where(mask, scores + span, scores - span)
-    # In the scores' own dtype: that is the threshold the binarizer compares against.
-    threshold = torch.tensor(config.threshold, dtype=dtype)
-    below = torch.nextafter(threshold, torch.tensor(-math.inf, dtype=dtype))
-    scores[mask & (scores < threshold)] = threshold
-    scores[~mask & (scores >= threshold)] = below
-    return scores
-
-
-def init_scores(shape: torch.Size, module_name: str, config: MaskingConfig) -> torch.Tensor:
-    """Uniform scores with exactly P(score < threshold) = initial_sparsity, in the config's score dtype.
-
-    Drawn on the CPU from a generator seeded by the config's seed and the module's name, so the
-    initial mask depends on neither the device nor the order in which modules are visited. They
-    are always drawn in fp32 and then rounded, so a bfloat16 run starts from the fp32 run's mask
-    up to the scores that rounding moves across the threshold.
-    """
-    generator = torch.Generator(device="cpu").manual_seed(
-        (config.seed * 1_000_003 + zlib.crc32(module_name.encode())) % (2**63)
-    )
-    low, high = config.init_range
-    scores = torch.empty(shape, dtype=torch.float32).uniform_(low, high, generator=generator)
-    return scores.to(config.torch_score_dtype)
-
-
 class MaskedModel(nn.Module):
     """A pretrained model whose selected linear layers compute with W ⊙ 1[S ≥ τ].
 
@@ -176,7 +137,7 @@ class MaskedModel(nn.Module):
             for name, param in model.named_parameters():
                 if is_within(name, self.trained_modules):
                     param.requires_grad_(True)
-        binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
+        binarize = binarizer_for(config)
         for name in targets.modules:
             original = model.get_submodule(name)
             scores = init_scores(original.weight.shape, name, config).to(original.weight.device) if trainable else None
@@ -773,7 +734,7 @@ class MaskedModel(nn.Module):
                 names = [first]
                 if prefix and first.startswith(prefix + "."):
                     names.append(first[len(prefix) + 1 :])  # a checkpoint of the bare backbone
-                digests = fingerprint["tensors"][first]["sha256"].values()
+                digests = tensor_record(fingerprint["tensors"][first])["sha256"].values()
                 revision = hub.find_cached_revision(name_or_path, names, digests)
             self._location = (name_or_path, revision)
         return self._location
@@ -813,7 +774,11 @@ class MaskedModel(nn.Module):
             raise KeyError(f"No mask named {name!r}; this model has {self.mask_names}.")
         if self._active != TRAINABLE_MASK:
             raise ValueError("Activate the trainable mask before saving it: set_active_mask('default').")
-        masks = {module: codec.encode(mask) for module, mask in self.masks().items()}
+        config = self.masking_config
+        masks = {
+            module: codec.encode(mask, repo_format.init_context(config, module))
+            for module, mask in self.masks().items()
+        }
         head = {n: t.detach().cpu().clone() for n, t in self._head_tensors().items()}
         return StoredMask(record=self._record(), masks=masks, head=head)
 
@@ -958,9 +923,7 @@ class MaskedModel(nn.Module):
     def _continue_from(self, stored: StoredMask) -> None:
         """Make the trainable mask and head those of `stored` (checked like any loaded mask)."""
         self._check_compatible(stored, self._tasks[self._primary])
-        binarize = make_binarizer(
-            self.masking_config.binarizer, self.masking_config.threshold, self.masking_config.initial_sparsity
-        )
+        binarize = binarizer_for(self.masking_config)
         for name, module in self.masked_modules().items():
             saved = codec.decode(stored.masks[name]).to(module.weight.device)
             if stored.scores is not None:  # a Trainer checkpoint: its exact fp32 scores

@@ -33,7 +33,8 @@ CONFIG_NAME = "masking_config.json"
 WEIGHTS_NAME = "mask.safetensors"
 CARD_NAME = "README.md"
 REPO_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: masks coded alone (rice-gaps), full digests; 3: coded given the initial scores
 MASK_PREFIX = "mask."
 HEAD_PREFIX = "head."
 _METADATA_KEY = "hf_masking"  # one key: safetensors writes several metadata keys in random order
@@ -42,6 +43,8 @@ _LOCATION_FIELDS = ("base_model_name_or_path", "base_model_revision")
 LABEL_FIELDS = ("id2label", "label2id", "num_labels", "problem_type")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DIGEST = re.compile(r"[0-9a-f]{16}|[0-9a-f]{64}")  # a short digest (format 3) or a full one (format 2)
+SHORT_DIGEST = 16
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]{0,127}")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
@@ -94,25 +97,34 @@ def encode_repo(stored: StoredMask) -> tuple[bytes, bytes]:
     tensors: dict[str, torch.Tensor] = {}
     masks = {}
     for module_name, encoded in stored.masks.items():
-        key = MASK_PREFIX + module_name
-        tensors[key] = torch.frombuffer(bytearray(encoded.data), dtype=torch.uint8)
-        masks[module_name] = {"tensor": key, "shape": list(encoded.shape), "digest": encoded.digest}
+        tensors[MASK_PREFIX + module_name] = torch.frombuffer(bytearray(encoded.data), dtype=torch.uint8)
+        masks[module_name] = {"shape": list(encoded.shape), "digest": encoded.digest[:SHORT_DIGEST]}
     for name, tensor in stored.head.items():
         tensors[HEAD_PREFIX + name] = tensor.detach().to("cpu").contiguous()
+    # Short digests: the config's weights_sha256 covers the whole file; these name what differs, and a
+    # mask's digest checks its decoded positions (64 bits against a decoding that went wrong).
     metadata = {
         "format": "hf-masking",
         "format_version": FORMAT_VERSION,
-        "codec": codec.CODEC_NAME,
-        "codec_version": codec.CODEC_VERSION,
+        "codec": codec.CONDITIONAL_CODEC_NAME,
+        "codec_version": codec.CONDITIONAL_CODEC_VERSION,
         "masks": masks,
-        "tensors": {key: tensor_digest(t) for key, t in tensors.items()},
+        "tensors": {key: tensor_digest(t)[:SHORT_DIGEST] for key, t in tensors.items()},
         "config_digest": binding_digest(record),
     }
     weights = save_safetensors(tensors, metadata={_METADATA_KEY: _canonical(metadata).decode()})
     record["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     stored.record = record
-    config = (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-    return config, weights
+    return dump_record(record), weights
+
+
+def dump_record(record: dict[str, Any]) -> bytes:
+    """masking_config.json: one top-level field per line, each value compact (the fingerprint is most of it)."""
+    lines = [
+        f"{json.dumps(key)}: {json.dumps(record[key], sort_keys=True, separators=(',', ':'), allow_nan=False)}"
+        for key in sorted(record)
+    ]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
 # ----- reading: the config ---------------------------------------------------------------
@@ -197,26 +209,44 @@ def validate_label_config(value: Any, check: _Fields) -> dict[str, Any]:
 
 
 def _validate_fingerprint(value: Any, check: _Fields) -> None:
+    """Version 1: full digests per tensor in a dict; version 2: [shape, dtype, short digests…] plus one full digest."""
     fingerprint = check.dict(value, "base_fingerprint")
-    check.keys(fingerprint, "base_fingerprint", ("version", "config", "tensors"))
-    check.int(fingerprint["version"], "base_fingerprint.version", 1, 1)
+    check.keys(fingerprint, "base_fingerprint", ("version",), ("config", "tensors", "sha256"))
+    version = check.int(fingerprint["version"], "base_fingerprint.version", 1, 2)
+    check.keys(
+        fingerprint, "base_fingerprint", ("version", "config", "tensors", *(("sha256",) if version == 2 else ()))
+    )
     check.dict(fingerprint["config"], "base_fingerprint.config")
     tensors = check.dict(fingerprint["tensors"], "base_fingerprint.tensors")
     if not tensors:
         raise check.fail("base_fingerprint.tensors", "is empty: a mask repo must fingerprint its base")
+    if version == 2:
+        check.str(fingerprint["sha256"], "base_fingerprint.sha256", _HEX64, 64)
+    digest = _HEX64 if version == 1 else re.compile(r"[0-9a-f]{16}")
     for name, entry in tensors.items():
         field = f"base_fingerprint.tensors.{name}"
         check.str(name, field, _MODULE_NAME)
-        check.dict(entry, field)
-        check.keys(entry, field, ("shape", "dtype", "sha256"))
-        check.shape(entry["shape"], f"{field}.shape")
-        check.str(entry["dtype"], f"{field}.dtype", re.compile(r"[a-z0-9]+"), 20)
-        digests = check.dict(entry["sha256"], f"{field}.sha256")
-        if entry["dtype"] not in digests:
-            raise check.fail(f"{field}.sha256", f"has no digest for the tensor's own dtype {entry['dtype']}")
-        for dtype, digest in digests.items():
-            check.str(dtype, f"{field}.sha256", re.compile(r"[a-z0-9]+"), 20)
-            check.str(digest, f"{field}.sha256.{dtype}", _HEX64, 64)
+        if version == 1:
+            check.dict(entry, field)
+            check.keys(entry, field, ("shape", "dtype", "sha256"))
+            shape, dtype, digests = entry["shape"], entry["dtype"], entry["sha256"]
+        else:
+            if not isinstance(entry, list) or len(entry) not in (3, 5):
+                raise check.fail(field, "must be [shape, dtype, digest] or [shape, 'float32', 3 digests]")
+            shape, dtype, digests = entry[0], entry[1], entry[2:]
+        check.shape(shape, f"{field}.shape")
+        check.str(dtype, f"{field}.dtype", re.compile(r"[a-z0-9]+"), 20)
+        if version == 1:
+            digests = check.dict(digests, f"{field}.sha256")
+            if dtype not in digests:
+                raise check.fail(f"{field}.sha256", f"has no digest for the tensor's own dtype {dtype}")
+            for rounding in digests:
+                check.str(rounding, f"{field}.sha256", re.compile(r"[a-z0-9]+"), 20)
+            digests = list(digests.values())
+        elif len(digests) == 3 and dtype != "float32":
+            raise check.fail(field, "has half-precision digests for a tensor that is not float32")
+        for i, value_digest in enumerate(digests):
+            check.str(value_digest, f"{field}[{i}]", digest, 64)
 
 
 def validate_record(record: Any, path: str, bound: bool = True) -> dict[str, Any]:
@@ -228,10 +258,11 @@ def validate_record(record: Any, path: str, bound: bool = True) -> dict[str, Any
     if not isinstance(record, dict):
         raise MaskRepoError(f"{path}: expected a JSON object, got {type(record).__name__}.")
     version = record.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         older = " (hf-masking 0.1, whose repos lack the checksums and full base fingerprint)" if version == 1 else ""
         raise MaskRepoError(
-            f"{path}: format_version {version!r}{older}; this version of hf-masking reads format {FORMAT_VERSION}."
+            f"{path}: format_version {version!r:.20}{older}; this version of hf-masking reads formats "
+            f"{list(READABLE_VERSIONS)}."
         )
     check.keys(record, "", _RECORD_FIELDS if bound else _RECORD_FIELDS[:-1])
     check.str(record["hf_masking_version"], "hf_masking_version", max_len=64)
@@ -300,26 +331,35 @@ def _read_metadata(data: bytes, path: str) -> dict[str, Any]:
     check.keys(
         metadata, "", ("format", "format_version", "codec", "codec_version", "masks", "tensors", "config_digest")
     )
-    if metadata["format"] != "hf-masking" or metadata["format_version"] != FORMAT_VERSION:
+    version = metadata["format_version"]
+    if metadata["format"] != "hf-masking" or version not in READABLE_VERSIONS or isinstance(version, bool):
         raise MaskRepoError(
-            f"{path}: format {metadata['format']!r:.40} version {metadata['format_version']!r:.20}; this version of "
-            f"hf-masking reads 'hf-masking' version {FORMAT_VERSION}."
+            f"{path}: format {metadata['format']!r:.40} version {version!r:.20}; this version of "
+            f"hf-masking reads 'hf-masking' versions {list(READABLE_VERSIONS)}."
         )
-    if metadata["codec"] != codec.CODEC_NAME or metadata["codec_version"] != codec.CODEC_VERSION:
+    codecs = {
+        2: (codec.CODEC_NAME, codec.CODEC_VERSION),
+        3: (codec.CONDITIONAL_CODEC_NAME, codec.CONDITIONAL_CODEC_VERSION),
+    }
+    if (metadata["codec"], metadata["codec_version"]) != codecs[version]:
+        name, number = codecs[version]
         raise MaskRepoError(
             f"{path} uses mask codec {metadata['codec']!r:.40} version {metadata['codec_version']!r:.20}; this version "
-            f"of hf-masking reads {codec.CODEC_NAME!r} version {codec.CODEC_VERSION}."
+            f"of hf-masking reads {name!r} version {number} in format {version}."
         )
     for name, entry in check.dict(metadata["masks"], "masks").items():
         check.str(name, "masks", _MODULE_NAME)
         check.dict(entry, f"masks.{name}")
-        check.keys(entry, f"masks.{name}", ("tensor", "shape", "digest"))
-        if entry["tensor"] != MASK_PREFIX + name:
-            raise check.fail(f"masks.{name}.tensor", "does not name the mask's tensor")
+        if version == 2:
+            check.keys(entry, f"masks.{name}", ("tensor", "shape", "digest"))
+            if entry["tensor"] != MASK_PREFIX + name:
+                raise check.fail(f"masks.{name}.tensor", "does not name the mask's tensor")
+        else:
+            check.keys(entry, f"masks.{name}", ("shape", "digest"))
         check.shape(entry["shape"], f"masks.{name}.shape")
-        check.str(entry["digest"], f"masks.{name}.digest", _HEX64, 64)
+        check.str(entry["digest"], f"masks.{name}.digest", _DIGEST, 64)
     for key, digest in check.dict(metadata["tensors"], "tensors").items():
-        check.str(digest, f"tensors.{key}", _HEX64, 64)
+        check.str(digest, f"tensors.{key}", _DIGEST, 64)
     check.str(metadata["config_digest"], "config_digest", _HEX64, 64)
     return metadata
 
@@ -340,7 +380,8 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
     if sorted(tensors) != sorted(metadata["tensors"]):
         raise MaskRepoError(f"{weights_path} is corrupted: its tensors are not the ones its metadata lists.")
     for key, tensor in tensors.items():
-        if tensor_digest(tensor) != metadata["tensors"][key]:
+        recorded = metadata["tensors"][key]
+        if tensor_digest(tensor)[: len(recorded)] != recorded:
             raise MaskRepoError(f"{weights_path} is corrupted: tensor {key!r} does not match its digest.")
     expected_binding = binding_digest(record)
     if actual_sha != record["weights_sha256"] or metadata["config_digest"] != expected_binding:
@@ -355,16 +396,19 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
             f"(sha256 {record['weights_sha256'][:12]}…): it is corrupted or comes from another mask repo."
         )
     masks = {}
+    config = MaskingConfig.from_dict(record["masking_config"])
     for module_name in record["masked_modules"]:
         entry = metadata["masks"].get(module_name)
-        if entry is None or entry["tensor"] not in tensors:
+        if entry is None or MASK_PREFIX + module_name not in tensors:
             raise MaskRepoError(
                 f"{weights_path} has no mask for {module_name!r}, which field 'masked_modules' of {config_path} lists."
             )
-        tensor = tensors[entry["tensor"]]
+        tensor = tensors[MASK_PREFIX + module_name]
         if tensor.dtype != torch.uint8 or tensor.dim() != 1:
             raise MaskRepoError(f"{weights_path}: the mask of {module_name} is not a flat uint8 tensor.")
-        encoded = codec.EncodedMask(tensor.numpy().tobytes(), tuple(entry["shape"]), entry["digest"])
+        encoded = codec.EncodedMask(
+            tensor.numpy().tobytes(), tuple(entry["shape"]), entry["digest"], init_context(config, module_name)
+        )
         try:
             codec.verify(encoded)  # lengths, ranges and the digest of the decoded positions
         except codec.MaskCodecError as err:
@@ -389,6 +433,12 @@ def parse_repo(config_data: bytes, weights_data: bytes, config_path: str, weight
     return StoredMask(record=record, masks=masks, head=head)
 
 
+def init_context(config: MaskingConfig, module_name: str) -> codec.InitContext:
+    """What decoding a layer's mask needs besides its bytes: how training drew its initial scores."""
+    low, high = config.init_range
+    return codec.InitContext(config.seed, module_name, low, high, config.threshold)
+
+
 def record_tensor(record: dict[str, Any]) -> torch.Tensor:
     """The record as a uint8 tensor, to travel inside a state dict."""
     return torch.frombuffer(bytearray(_canonical(record)), dtype=torch.uint8)
@@ -402,7 +452,7 @@ def read_trainer_state(directory: str) -> StoredMask | None:
     """
     from safetensors import SafetensorError, safe_open
 
-    from .binarizer import make_binarizer
+    from .binarizer import binarizer_for
 
     path = os.path.join(directory, STATE_FILE)
     if not os.path.isfile(path):
@@ -419,7 +469,7 @@ def read_trainer_state(directory: str) -> StoredMask | None:
         raise MaskRepoError(f"{path}: tensor {RECORD_KEY!r} is not the UTF-8 bytes of a record.")
     record = parse_config(raw.numpy().tobytes(), f"{path} ({RECORD_KEY})", bound=False)
     config = MaskingConfig.from_dict(record["masking_config"])
-    binarize = make_binarizer(config.binarizer, config.threshold, config.initial_sparsity)
+    binarize = binarizer_for(config)
     masks, scores = {}, {}
     for name in record["masked_modules"]:
         value = tensors.pop(f"model.{name}.mask_scores", None)

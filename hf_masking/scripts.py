@@ -228,6 +228,7 @@ def save_model_card(trainer: Trainer, metrics: dict[str, float], task: str, data
         "threshold": config.threshold,
         "binarizer": config.binarizer,
         "masked blocks": ", ".join(str(b) for b in blocks) or None,
+        "trained in full": ", ".join(model.trained_modules) or None,
     }
     info = {
         "task": task,

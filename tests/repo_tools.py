@@ -53,7 +53,9 @@ def forge(folder, edit_record=None, edit_head=None, edit_metadata=None) -> None:
     """Apply the edits and write both files back, bound to each other as a real save would."""
     record, metadata, tensors = read_raw(folder)
     masks = {
-        name: codec.EncodedMask(tensors[entry["tensor"]].numpy().tobytes(), tuple(entry["shape"]), entry["digest"])
+        name: codec.EncodedMask(
+            tensors[repo.MASK_PREFIX + name].numpy().tobytes(), tuple(entry["shape"]), entry["digest"]
+        )
         for name, entry in metadata["masks"].items()
     }
     head = {key[len(repo.HEAD_PREFIX) :]: t for key, t in tensors.items() if key.startswith(repo.HEAD_PREFIX)}

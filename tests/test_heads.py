@@ -227,7 +227,10 @@ def _stsb_file(path) -> str:
     rows = sentiment_rows(40)
     write(
         path,
-        header + "".join(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{s}\tthe film\t{4.5 * y + 0.1 * (i % 5)}\n" for i, (s, y) in enumerate(rows)),
+        header
+        + "".join(
+            f"{i}\tg\tf\t2012\t{i}\ts\ts\t{s}\tthe film\t{4.5 * y + 0.1 * (i % 5)}\n" for i, (s, y) in enumerate(rows)
+        ),
     )
     return str(path)
 

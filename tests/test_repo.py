@@ -38,7 +38,7 @@ def test_save_and_from_pretrained_give_bitwise_equal_logits(tmp_path, model_type
     assert MaskingConfig.from_dict(record["masking_config"]) == model.masking_config
     assert all(t.dtype == torch.uint8 for k, t in tensors.items() if k.startswith("mask."))
     head_keys = sorted(k for k in tensors if k.startswith("head."))
-    assert metadata["codec"] == "rice-gaps" and sorted(metadata["tensors"]) == sorted(tensors)
+    assert metadata["codec"] == "rice-gaps-by-init" and sorted(metadata["tensors"]) == sorted(tensors)
     assert head_keys and all(k.startswith(("head.classifier", "head.pre_classifier")) for k in head_keys)
     # Every base tensor the model computes with is fingerprinted, the head (which travels) is not.
     fingerprinted = set(record["base_fingerprint"]["tensors"])

@@ -7,7 +7,7 @@ from trainer_utils import trainer_for
 from transformers import AutoModelForSequenceClassification
 
 from hf_masking import MaskedModel, MaskingConfig
-from hf_masking.model import init_scores, scores_for_mask
+from hf_masking.binarizer import init_scores, scores_for_mask
 
 
 def _bf16_model():
