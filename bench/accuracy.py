@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -216,7 +217,7 @@ PRESETS = {
     # other masked blocks; the defaults are rerun for comparison.
     "cpu_sst2_masking_ablation": at_cpu_rates("sst2", ["masking"], variants=MASKING_VARIANTS),
     # The head issue: masked vs trained head on every task; and CoNLL with 2x the sentences (still one epoch).
-    "cpu_heads": at_cpu_rates(HEAD_TASKS, ["masking"], variants=HEAD_VARIANTS),
+    "cpu_heads": at_cpu_rates(HEAD_TASKS, ["masking"], variants=HEAD_VARIANTS, keep=True),
     "cpu_heads_conll_2000": at_cpu_rates("conll2003", ["masking"], variants=HEAD_VARIANTS, train={"conll2003": 2000}),
     "gpu": {
         "train": {"sst2": 67349, "mrpc": 3668, "conll2003": 14041, "swag": 8968, "stsb": 5749, "trec": 5452},
@@ -308,6 +309,13 @@ def run_once(task: str, method: str, lr: float, seed: int, preset: dict, preset_
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{task}/{method} lr={lr} seed={seed} failed:\n{done.stderr[-3000:]}")
+        if preset.get("keep"):  # the trained artifacts, for the storage benchmark (bench/out/ is not committed)
+            variant = preset.get("variant", "").replace(" ", "_")
+            kept = os.path.join(
+                ROOT, "bench", "out", preset_name, f"{task}-{method}-{lr:g}-{seed}-{variant}".strip("-")
+            )
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(out, kept, ignore=shutil.ignore_patterns("checkpoint-*", "peak.json"))
         with open(os.path.join(out, "all_results.json")) as handle:
             results = json.load(handle)
         with open(os.path.join(out, "trainer_state.json")) as handle:

