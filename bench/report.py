@@ -245,7 +245,7 @@ def heads_section(title: str, records: list[dict]) -> list[str]:
     lines = [
         f"### {title}",
         "",
-        f"{first['epochs']} epoch(s), batch {first['batch']}, at the masking learning rate the `cpu` preset picked "
+        f"{first['epochs']} epoch(s), batch {first['setup']['batch']}, at the masking learning rate the `cpu` preset picked "
         f"for each task; mean ± std over seeds {sorted({r['seed'] for r in records})}. Device: "
         f"{first.get('device', 'unrecorded')}. The difference's ± is the standard error of the difference of the "
         "two means.",
