@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .fixed_mask import DecodedMask, FixedMask
-from .mixed_batch import SCORES, RowMasks
+from .row_masks import SCORES, RowMasks
 
 Binarize = Callable[[torch.Tensor], torch.Tensor]
 MASKABLE_TYPES = (nn.Linear, Conv1D)

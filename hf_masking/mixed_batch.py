@@ -19,47 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-# The rows of the trainable mask compute with its current scores (never cached: they change).
-SCORES = "scores"
-
-
-class RowMasks:
-    """Which mask each row uses: ``sources`` maps each name to None (no mask), `SCORES`, or
-    ``{layer: FixedMask}``; `groups` gives the rows of each name for a layer's input."""
-
-    def __init__(self, names: list[str | None], sources: dict[str | None, Any], kernel: str) -> None:
-        self.names = list(names)
-        self.sources = sources
-        self.kernel = kernel
-        self._unique = list(dict.fromkeys(self.names))
-        self._ids = torch.tensor([self._unique.index(name) for name in self.names], dtype=torch.long)
-        self._groups: dict[tuple[int, str], list[tuple[str | None, torch.Tensor | None]]] = {}
-
-    def groups(self, rows: int, device: torch.device) -> list[tuple[str | None, torch.Tensor | None]]:
-        """(name, row indices) per mask for an input of `rows` rows; indices are None when one mask has them all."""
-        key = (rows, str(device))
-        if key not in self._groups:
-            examples = len(self.names)
-            if rows % examples:
-                raise ValueError(
-                    f"A masked layer got an input of {rows} rows for {examples} mask names; mask_names needs one "
-                    "name per example, and the model must keep each example's rows together."
-                )
-            ids = self._ids.repeat_interleave(rows // examples) if rows != examples else self._ids
-            if len(self._unique) == 1:
-                self._groups[key] = [(self._unique[0], None)]
-            else:
-                self._groups[key] = [
-                    (name, torch.nonzero(ids == index).view(-1).to(device)) for index, name in enumerate(self._unique)
-                ]
-        return self._groups[key]
-
+from .row_masks import SCORES, RowMasks
+from .tasks import align_head, head_names
 
 HeadState = Callable[[str | None], tuple[dict[str, torch.Tensor], dict[nn.Module, Any]]]
 
 
 @contextlib.contextmanager
-def rows_masked(
+def _layers_and_heads_set(
     backbone_layers: list[nn.Module],
     head_owners: dict[nn.Module, dict[str, str]],
     rows: RowMasks,
@@ -135,3 +102,97 @@ def _per_mask_head(
                 layer.disabled = disabled
 
     return forward
+
+
+@contextlib.contextmanager
+def rows_masked(masked: Any, mask_names: Any, args: tuple, kwargs: dict[str, Any]) -> Iterator[nn.Module]:
+    """The task model of `masked` (a MaskedModel) to call, set up so that example i computes with mask
+    ``mask_names[i]``.
+
+    Inference only. ``None`` names the base without a mask (with the active mask's head, as in
+    `disable_masks`). All named masks must share one head layout: one output tensor has one shape.
+    """
+    if masked.training:
+        raise RuntimeError("mask_names is for inference: call model.eval() first (training uses one mask).")
+    names = _check_mask_names(mask_names, _batch_size(args, kwargs))
+    unknown = [n for n in names if n is not None and n not in masked.mask_names]
+    if unknown:
+        raise KeyError(f"No mask named {unknown[0]!r}; this model has {masked.mask_names} (None: no mask).")
+    task_of = {n: masked._task_key(n) for n in names if n is not None}
+    keys = list(dict.fromkeys(task_of.values()))
+    if len(keys) > 1:
+        first, other = (next(n for n in names if n is not None and task_of[n] == k) for k in keys[:2])
+        raise ValueError(
+            f"mask_names mixes masks with different heads ({first!r}: {keys[0][0]}, {other!r}: {keys[1][0]} with "
+            "other head shapes); one batch gives one output tensor, so batch such masks separately."
+        )
+    key = keys[0] if keys else masked._active_task
+    if None in names and key != masked._active_task:
+        raise ValueError(
+            "Rows without a mask (None) use the active mask's head, but the named masks have another head: "
+            "set_active_mask to one of them first."
+        )
+    task = masked._tasks[key]
+    head = set(head_names(task))
+    head_layers = [n for n in task.targets.modules if f"{n}.weight" in head]
+    backbone = [n for n in task.targets.modules if n not in head_layers]
+    sources: dict[str | None, Any] = {}
+    for name in set(names):
+        if name is None:
+            sources[name] = None
+        elif masked._is_trainable_mask(name):
+            sources[name] = SCORES
+        else:
+            sources[name] = {task.model.get_submodule(m): masked._fixed[name][m] for m in backbone}
+    rows = RowMasks(names, sources, masked.fixed_masks.kernel)
+    layers = {task.model.get_submodule(m): m for m in head_layers}
+    active_is_trainable = masked._is_trainable_mask(masked._active)
+
+    def head_state(name: str | None) -> tuple[dict[str, torch.Tensor], dict[nn.Module, Any]]:
+        if name is None:  # the active head, unmasked
+            return {}, {layer: "off" for layer in layers}
+        if sources[name] is SCORES:
+            return ({} if active_is_trainable else masked._trainable_head or {}), {layer: None for layer in layers}
+        return masked._stored[name].head, {layer: masked._fixed[name][m] for layer, m in layers.items()}
+
+    if task.model is not masked.model:
+        align_head(task.model)
+    owners = _head_owners(task.model, sorted(head))
+    with (
+        torch.no_grad(),
+        _layers_and_heads_set([task.model.get_submodule(m) for m in backbone], owners, rows, head_state),
+    ):
+        yield task.model
+
+
+def _batch_size(args: tuple, kwargs: dict[str, Any]) -> int | None:
+    """The number of examples in a forward's inputs (the first dimension of its first input tensor)."""
+    for key in ("input_ids", "inputs_embeds"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key].shape[0]
+    first = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    return None if first is None else first.shape[0]
+
+
+def _check_mask_names(mask_names: Any, batch_size: int | None) -> list[str | None]:
+    if isinstance(mask_names, str) or not isinstance(mask_names, (list, tuple)):
+        raise TypeError(f"mask_names must be a list with one mask name (or None) per example, not {mask_names!r}.")
+    bad = [n for n in mask_names if n is not None and not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"mask_names holds {bad[0]!r}; each entry is a mask name or None.")
+    if batch_size is None or len(mask_names) != batch_size:
+        raise ValueError(f"mask_names has {len(mask_names)} names for a batch of {batch_size} examples; give one each.")
+    return list(mask_names)
+
+
+def _head_owners(model: nn.Module, head_names: list[str]) -> dict[nn.Module, dict[str, str]]:
+    """The outermost modules holding the head's tensors, each with {name relative to it: name in the model}."""
+    paths = sorted({name.rsplit(".", 1)[0] if "." in name else "" for name in head_names})
+    if "" in paths:
+        raise NotImplementedError("mask_names: this model has head tensors directly on the model, not in a module.")
+    outermost = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
+    owners: dict[nn.Module, dict[str, str]] = {}
+    for path in outermost:
+        inside = {name[len(path) + 1 :]: name for name in head_names if name.startswith(path + ".")}
+        owners[model.get_submodule(path)] = inside
+    return owners
