@@ -13,95 +13,82 @@ returned sequences. Both repeat an example's rows in place, so its mask is repea
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from .row_masks import SCORES, RowMasks
-from .tasks import align_head, head_names
+from .tasks import align_head, head_names, head_tensors
 
-HeadState = Callable[[str | None], tuple[dict[str, torch.Tensor], dict[nn.Module, Any]]]
+
+def _with_rows(rows: RowMasks):  # noqa: ANN202
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        return args, {**kwargs, "rows": rows}
+
+    return hook
+
+
+class _PerMaskHead(nn.Module):
+    """Stands in for a head module during one mixed forward: runs it once per mask on that mask's rows,
+    with that mask's head tensors passed in (`torch.func.functional_call`), never written into it."""
+
+    def __init__(self, owner: nn.Module, inside: dict[str, str], rows: RowMasks, values_of) -> None:  # noqa: ANN001
+        super().__init__()
+        self.owner = owner
+        self.inside = inside  # tensor name relative to the owner -> name in the task model
+        self.rows = rows
+        self.values_of = values_of
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        x = args[0]
+        out = None
+        for name, indices in self.rows.groups(x.shape[0], x.device):
+            values = self.values_of(name)
+            tensors = {relative: values[full] for relative, full in self.inside.items()}
+            if indices is None:
+                return torch.func.functional_call(self.owner, tensors, args, kwargs)
+            part = tuple(
+                a.index_select(0, indices) if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1] else a
+                for a in args
+            )
+            result = torch.func.functional_call(self.owner, tensors, part, kwargs)
+            if not isinstance(result, torch.Tensor):
+                raise TypeError(f"mask_names: the head module {type(self.owner).__name__} returned a non-tensor.")
+            if out is None:
+                out = result.new_empty((x.shape[0], *result.shape[1:]))
+            out.index_copy_(0, indices, result)
+        return out
 
 
 @contextlib.contextmanager
-def _layers_and_heads_set(
+def _routed(
+    model: nn.Module,
     backbone_layers: list[nn.Module],
-    head_owners: dict[nn.Module, dict[str, str]],
+    head_layers: list[nn.Module],
+    head_owners: dict[str, dict[str, str]],
     rows: RowMasks,
-    head_state: HeadState,
+    values_of,  # noqa: ANN001
 ) -> Iterator[None]:
-    """Set up a forward with per-row masks, and undo it afterwards (also when it fails).
-
-    `head_owners` maps each module holding head tensors to their names (relative to it -> in the
-    model); `head_state(name)` gives a mask's head values (by name in the model) and, per head
-    layer, the fixed mask to use (None: its scores; "off": unmasked).
-    """
-    patched: list[tuple[nn.Module, bool, Any]] = []
+    """For one forward: each backbone layer gets the rows' masks through a forward pre-hook; each head module
+    is stood in for by a `_PerMaskHead`, whose masked layers compute with the weights it passes (already
+    masked). Hooks and stand-ins are removed afterwards, also when the forward fails."""
+    handles = [layer.register_forward_pre_hook(_with_rows(rows), with_kwargs=True) for layer in backbone_layers]
+    unmasked = RowMasks([None], {None: None}, rows.kernel)
+    handles += [layer.register_forward_pre_hook(_with_rows(unmasked), with_kwargs=True) for layer in head_layers]
+    swapped: dict[str, nn.Module] = {}
     try:
-        for layer in backbone_layers:
-            layer.rows = rows
-        for owner, tensor_names in head_owners.items():
-            had_own = "forward" in owner.__dict__  # e.g. an accelerate hook
-            original = owner.forward
-            owner.forward = _per_mask_head(owner, original, tensor_names, rows, head_state)
-            patched.append((owner, had_own, original))
+        for path, inside in head_owners.items():
+            owner = model.get_submodule(path)
+            model.set_submodule(path, _PerMaskHead(owner, inside, rows, values_of))
+            swapped[path] = owner
         yield
     finally:
-        for layer in backbone_layers:
-            layer.rows = None
-        for owner, had_own, original in patched:
-            if had_own:
-                owner.forward = original
-            else:
-                del owner.forward
-
-
-def _per_mask_head(
-    owner: nn.Module, original: Callable, tensor_names: dict[str, str], rows: RowMasks, head_state: HeadState
-) -> Callable:
-    """`owner`'s forward run once per mask of the batch on its rows, with that mask's head."""
-    tensors = dict([*owner.named_parameters(), *owner.named_buffers()])
-    layers = [m for m in owner.modules() if hasattr(m, "use_fixed_mask")]
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        x = args[0]
-        saved = {name: tensors[name].detach().clone() for name in tensor_names}
-        saved_layers = {layer: (layer.fixed, layer.disabled) for layer in layers}
-        out = None
-        try:
-            for name, indices in rows.groups(x.shape[0], x.device):
-                values, layer_masks = head_state(name)
-                with torch.no_grad():
-                    for tensor_name, full_name in tensor_names.items():
-                        tensors[tensor_name].copy_(values.get(full_name, saved[tensor_name]))
-                for layer in layers:
-                    setting = layer_masks.get(layer)
-                    layer.disabled = setting == "off"
-                    layer.use_fixed_mask(None if setting in (None, "off") else setting)
-                if indices is None:
-                    return original(*args, **kwargs)
-                part = [
-                    a.index_select(0, indices) if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1] else a
-                    for a in args
-                ]
-                result = original(*part, **kwargs)
-                if not isinstance(result, torch.Tensor):
-                    raise TypeError(f"mask_names: the head module {type(owner).__name__} returned a non-tensor.")
-                if out is None:
-                    out = result.new_empty((x.shape[0], *result.shape[1:]))
-                out.index_copy_(0, indices, result)
-            return out
-        finally:
-            with torch.no_grad():
-                for tensor_name, value in saved.items():
-                    tensors[tensor_name].copy_(value)
-            for layer, (fixed, disabled) in saved_layers.items():
-                layer.use_fixed_mask(fixed)
-                layer.disabled = disabled
-
-    return forward
+        for path, owner in swapped.items():
+            model.set_submodule(path, owner)
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager
@@ -145,23 +132,40 @@ def rows_masked(masked: Any, mask_names: Any, args: tuple, kwargs: dict[str, Any
         else:
             sources[name] = {task.model.get_submodule(m): masked._fixed[name][m] for m in backbone}
     rows = RowMasks(names, sources, masked.fixed_masks.kernel)
-    layers = {task.model.get_submodule(m): m for m in head_layers}
     active_is_trainable = masked._is_trainable_mask(masked._active)
+    live = head_tensors(task)  # the active mask's head values, where they are
+    layer_of = {name: task.model.get_submodule(name) for name in head_layers}  # before the stand-ins go in
+    cache: dict[str | None, dict[str, torch.Tensor]] = {}
 
-    def head_state(name: str | None) -> tuple[dict[str, torch.Tensor], dict[nn.Module, Any]]:
-        if name is None:  # the active head, unmasked
-            return {}, {layer: "off" for layer in layers}
-        if sources[name] is SCORES:
-            return ({} if active_is_trainable else masked._trainable_head or {}), {layer: None for layer in layers}
-        return masked._stored[name].head, {layer: masked._fixed[name][m] for layer, m in layers.items()}
+    def values_of(name: str | None) -> dict[str, torch.Tensor]:
+        """The head tensors rows named `name` compute with, each masked head layer's weight times its mask."""
+        if name not in cache:
+            if name is None:  # the active head, unmasked
+                own: dict[str, torch.Tensor] = {}
+            elif sources[name] is SCORES:
+                own = {} if active_is_trainable else masked._trainable_head or {}
+            else:
+                own = masked._stored[name].head
+            values = {full: own.get(full, tensor).to(tensor.device, tensor.dtype) for full, tensor in live.items()}
+            for layer_name in head_layers:
+                layer = layer_of[layer_name]
+                weight = values[f"{layer_name}.weight"]
+                if name is None or (sources[name] is SCORES and layer.mask_scores is None):
+                    continue
+                if sources[name] is SCORES:
+                    mask = layer.binarize(layer.mask_scores)
+                else:
+                    mask = masked._fixed[name][layer_name].decoded(weight.device).to_bool(weight.shape)
+                values[f"{layer_name}.weight"] = weight * mask
+            cache[name] = values
+        return cache[name]
 
     if task.model is not masked.model:
         align_head(task.model)
     owners = _head_owners(task.model, sorted(head))
-    with (
-        torch.no_grad(),
-        _layers_and_heads_set([task.model.get_submodule(m) for m in backbone], owners, rows, head_state),
-    ):
+    backbone_layers = [task.model.get_submodule(m) for m in backbone]
+    layers = list(layer_of.values())
+    with torch.no_grad(), _routed(task.model, backbone_layers, layers, owners, rows, values_of):
         yield task.model
 
 
@@ -185,14 +189,10 @@ def _check_mask_names(mask_names: Any, batch_size: int | None) -> list[str | Non
     return list(mask_names)
 
 
-def _head_owners(model: nn.Module, head_names: list[str]) -> dict[nn.Module, dict[str, str]]:
-    """The outermost modules holding the head's tensors, each with {name relative to it: name in the model}."""
-    paths = sorted({name.rsplit(".", 1)[0] if "." in name else "" for name in head_names})
+def _head_owners(model: nn.Module, names: list[str]) -> dict[str, dict[str, str]]:
+    """The outermost modules holding the head's tensors, by path, each with {name relative to it: name in the model}."""
+    paths = sorted({name.rsplit(".", 1)[0] if "." in name else "" for name in names})
     if "" in paths:
         raise NotImplementedError("mask_names: this model has head tensors directly on the model, not in a module.")
     outermost = [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
-    owners: dict[nn.Module, dict[str, str]] = {}
-    for path in outermost:
-        inside = {name[len(path) + 1 :]: name for name in head_names if name.startswith(path + ".")}
-        owners[model.get_submodule(path)] = inside
-    return owners
+    return {path: {name[len(path) + 1 :]: name for name in names if name.startswith(path + ".")} for path in outermost}
