@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import os
 import warnings
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from .fixed_mask import FixedMask, FixedMaskCache
 from .layers import MaskedLinear
 from .persistence import BASE_LOADING_KWARGS, MaskRepoMixin, read_mask_repo  # noqa: F401  (public here too)
 from .repo import StoredMask
+from .signature import subclass_for
 from .targets import (
     ResolvedTargets,
     check_modules_to_save,
@@ -45,38 +45,6 @@ from .tasks import (  # head_class_for: public here too
     task_key,
 )
 
-_SUBCLASSES: dict[type, type] = {}
-
-
-def _masked_class_for(model_cls: type) -> type:
-    """A MaskedModel subclass whose ``forward`` carries the wrapped class's signature.
-
-    The stock Trainer reads label names and the dataset columns to keep from
-    ``inspect.signature(type(model).forward)``; a wrapper with ``forward(*args, **kwargs)``
-    would silently get batches without labels or without inputs.
-    """
-    if model_cls not in _SUBCLASSES:
-
-        def forward(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
-            return MaskedModel.forward(self, *args, mask_names=mask_names, **kwargs)
-
-        forward.__signature__ = _with_mask_names(inspect.signature(model_cls.forward))  # type: ignore[attr-defined]
-        forward.__doc__ = (
-            f"Calls the wrapped {model_cls.__name__} with masked linear layers; `mask_names` (one per example) "
-            "computes each example with its own mask."
-        )
-        name = f"Masked{model_cls.__name__}"
-        _SUBCLASSES[model_cls] = type(name, (MaskedModel,), {"forward": forward, "__module__": __name__})
-    return _SUBCLASSES[model_cls]
-
-
-def _with_mask_names(signature: inspect.Signature) -> inspect.Signature:
-    """The wrapped forward's signature plus the keyword-only ``mask_names``."""
-    parameters = [p for p in signature.parameters.values() if p.name != "mask_names"]
-    position = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
-    extra = inspect.Parameter("mask_names", inspect.Parameter.KEYWORD_ONLY, default=None)
-    return signature.replace(parameters=[*parameters[:position], extra, *parameters[position:]])
-
 
 class MaskedModel(MaskRepoMixin, nn.Module):
     """A pretrained model whose selected linear layers compute with W ⊙ 1[S ≥ τ].
@@ -88,7 +56,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
 
     def __new__(cls, model: nn.Module | None = None, *args: Any, **kwargs: Any) -> MaskedModel:
         if cls is MaskedModel and model is not None:
-            cls = _masked_class_for(type(model))
+            cls = subclass_for(MaskedModel, type(model))
         return super().__new__(cls)
 
     def __init__(
