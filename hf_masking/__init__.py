@@ -8,8 +8,7 @@ from .errors import BaseModelMismatchError, MaskRepoError
 from .layers import MaskedLinear
 from .model import MaskedModel
 from .optimization import masking_optimizer
-
-__version__ = "0.4.0"
+from .version import __version__
 
 __all__ = [
     "BaseModelMismatchError",

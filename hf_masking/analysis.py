@@ -7,7 +7,7 @@ shapes and digests of the base's tensors, and the config and seed its initial ma
 from __future__ import annotations
 
 import os
-import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,22 +15,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import codec
+from . import codec, targets
 from .binarizer import binarizer_for, init_scores
 from .errors import BaseModelMismatchError
 from .fingerprint import same_tensor, tensor_record
 from .repo import REPO_FILES, StoredMask
 
-_BLOCK = re.compile(r"\.(\d+)\.")
-
 
 def split_block(module_name: str) -> tuple[int | None, str]:
-    """(block index, module type) of a masked module: ``bert.encoder.layer.3.attention.self.query`` is
-    (3, ``attention.self.query``); a module outside the blocks (pooler, classifier) is (None, its name)."""
-    match = _BLOCK.search(module_name)
-    if match is None:
-        return None, module_name
-    return int(match.group(1)), module_name[match.end() :]
+    """Deprecated: `block_layout` splits a repo's names in the block list they share (as `MaskedModel` does)."""
+    warnings.warn("analysis.split_block is deprecated; use analysis.block_layout(names)", DeprecationWarning, 2)
+    return block_layout([module_name])[module_name]
+
+
+def block_layout(names: list[str]) -> dict[str, tuple[int | None, str]]:
+    """(block index, module type) of each masked module, split as `MaskedModel.sparsity` splits them
+    (`targets.split_block`), in the block list most of them sit in."""
+    prefix = targets.block_prefix_of(names)
+    return {name: targets.split_block(name, prefix) for name in names}
 
 
 def sparsity_report(counts: dict[str, tuple[int, int]], block_of: Callable[[str], int | None]) -> dict[str, Any]:
@@ -84,7 +86,8 @@ def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
     """Sparsity per module and per block (fraction of weights masked out) and the repo's size against the
     full model's (every base tensor in its recorded dtype; the head in the mask)."""
     counts = {name: codec.masked_out(encoded) for name, encoded in stored.masks.items()}
-    report = sparsity_report(counts, lambda name: split_block(name)[0])
+    layout = block_layout(list(counts))
+    report = sparsity_report(counts, lambda name: layout[name][0])
     tensors = [tensor_record(t) for t in stored.record["base_fingerprint"]["tensors"].values()]
     base_bytes = sum(
         int(np.prod(t["shape"], dtype=np.int64)) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()

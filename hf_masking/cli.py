@@ -52,8 +52,7 @@ def _read(repo: str, revision: str | None, token: str | None):
 
 def _types_and_blocks(names: Sequence[str]) -> tuple[list[str], list[int]]:
     types, blocks = [], []
-    for name in names:
-        block, kind = analysis.split_block(name)
+    for block, kind in analysis.block_layout(list(names)).values():
         if block is not None:
             types.append(kind) if kind not in types else None
             blocks.append(block) if block not in blocks else None
@@ -93,12 +92,13 @@ def plot_block_sparsity(report: analysis.MaskReport, title: str, path: str) -> N
     """Bars per block, one bar per module type (as the paper's per-layer sparsity figures)."""
     plt = _pyplot()
     types, blocks = _types_and_blocks(list(report.modules))
+    layout = analysis.block_layout(list(report.modules))
     figure, axes = plt.subplots(figsize=(max(6, len(blocks) * 0.9), 4))
     width = 0.8 / max(len(types), 1)
     for i, kind in enumerate(types):
         values = []
         for block in blocks:
-            matches = [v for n, v in report.modules.items() if analysis.split_block(n) == (block, kind)]
+            matches = [v for n, v in report.modules.items() if layout[n] == (block, kind)]
             values.append(matches[0] if matches else math.nan)
         axes.bar([b + (i - (len(types) - 1) / 2) * width for b in blocks], values, width, label=kind)
     axes.set_xticks(blocks)
@@ -136,8 +136,9 @@ def plot_dissimilarity(values: dict[str, float | None], title: str, path: str) -
     plt = _pyplot()
     types, blocks = _types_and_blocks(list(values))
     grid = [[math.nan] * len(blocks) for _ in types]
+    layout = analysis.block_layout(list(values))
     for name, value in values.items():
-        block, kind = analysis.split_block(name)
+        block, kind = layout[name]
         if block is not None and value is not None:
             grid[types.index(kind)][blocks.index(block)] = value
     figure, axes = plt.subplots(figsize=(max(5, len(blocks) * 0.7), max(3, len(types) * 0.5)))

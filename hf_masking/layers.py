@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .fixed_mask import DecodedMask, FixedMask
-from .mixed_batch import SCORES, RowMasks
+from .row_masks import SCORES, RowMasks
 
 Binarize = Callable[[torch.Tensor], torch.Tensor]
 MASKABLE_TYPES = (nn.Linear, Conv1D)
@@ -85,7 +85,6 @@ class MaskedLinear(nn.Module):
         self.mask_scores = nn.Parameter(scores, requires_grad=True) if scores is not None else None
         self.fixed: FixedMask | None = None  # a loaded mask, decoded on use
         self.disabled = False  # inside MaskedModel.disable_masks(): compute with the unmasked weight
-        self.rows: RowMasks | None = None  # inside a mixed-mask forward: each row's mask
         # Kept outside the module tree (a tuple is not registered) so unwrapping restores it.
         self._original = (base,)
 
@@ -129,11 +128,12 @@ class MaskedLinear(nn.Module):
         with torch.no_grad():
             return self.binarize(self.mask_scores)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: RowMasks | None = None) -> torch.Tensor:
+        """`rows`: each row's mask, in a mixed-mask forward (passed by `mixed_batch` for that call only)."""
         if self.disabled:
             return F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)
-        if self.rows is not None:
-            return self._mixed_forward(x)
+        if rows is not None:
+            return self._mixed_forward(x, rows)
         if self.fixed is not None:
             decoded = self.fixed.decoded(self.weight.device)
             return decoded.linear(x, self.weight, self.bias, self.transposed, self.fixed.cache.kernel)
@@ -145,25 +145,25 @@ class MaskedLinear(nn.Module):
         masked = self.weight * self.mask()
         return F.linear(x, masked.t() if self.transposed else masked, self.bias)
 
-    def _row_mask(self, name: str | None) -> DecodedMask | None:
+    def _row_mask(self, rows: RowMasks, name: str | None) -> DecodedMask | None:
         """The decoded mask rows named `name` compute with here (None: the unmasked weight)."""
-        source = self.rows.sources[name]
+        source = rows.sources[name]
         if source is None:
             return None
         if source is SCORES:
             return DecodedMask.from_bool(self.binarize(self.mask_scores))
         return source[self].decoded(self.weight.device)
 
-    def _mixed_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _mixed_forward(self, x: torch.Tensor, rows_of: RowMasks) -> torch.Tensor:
         """Each row with its own mask: one product with the shared weight for the rows whose mask is
         cheapest as a sparse correction (and the rows with no mask), one product per other mask."""
-        groups = self.rows.groups(x.shape[0], x.device)
+        groups = rows_of.groups(x.shape[0], x.device)
         weight = self.weight.t() if self.transposed else self.weight
-        kernel = self.rows.kernel
+        kernel = rows_of.kernel
         shared: list[tuple[torch.Tensor | None, DecodedMask | None]] = []
         own: list[tuple[torch.Tensor | None, DecodedMask]] = []
         for name, rows in groups:
-            decoded = self._row_mask(name)
+            decoded = self._row_mask(rows_of, name)
             tokens = (x.numel() // x.shape[0]) * (x.shape[0] if rows is None else rows.numel()) // x.shape[-1]
             if decoded is None or (decoded.minority == 0 and decoded.uses_sparse(kernel, self.weight, tokens)):
                 shared.append((rows, decoded))

@@ -6,6 +6,8 @@ import os
 import re
 from typing import Any
 
+from .hub import looks_like_local_path
+
 # The first line of every card this package writes: a README without it is the user's and is kept.
 GENERATED_MARKER = "<!-- hf-masking: generated model card, rewritten on every save. Delete this line to keep edits. -->"
 _PIPELINE_TAGS = {
@@ -19,7 +21,8 @@ _PIPELINE_TAGS = {
 
 
 def is_hub_id(name: str | None) -> bool:
-    return bool(name) and not os.path.isabs(name) and not name.startswith((".", "~")) and name.count("/") <= 1
+    """Whether a recorded base names a Hub repo (what the card's ``base_model`` may link to), not a folder."""
+    return bool(name) and not looks_like_local_path(name)
 
 
 def _metadata(record: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:

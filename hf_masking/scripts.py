@@ -1,4 +1,4 @@
-"""What the three example scripts share: wrapping the model, saving, pushing, reporting.
+"""What the four example scripts share: wrapping the model, saving, pushing, reporting.
 
 Kept here so the scripts stay one linear `main()` each, like transformers' originals.
 """

@@ -70,7 +70,7 @@ def _reload_matches(model: MaskedModel, folder, base) -> MaskedModel:
             "train",
         ),
         (AutoModelForSequenceClassification, {"num_labels": 3}, "sequence_classification", "mask"),
-        (AutoModelForTokenClassification, {"num_labels": 5}, "token_classification", "mask"),
+        (AutoModelForTokenClassification, {"num_labels": 5}, "token_classification", "train"),
         (AutoModelForMultipleChoice, {}, "multiple_choice", "mask"),
     ],
 )
