@@ -32,8 +32,8 @@ CONDITIONAL_CODEC_VERSION = 1
 # magic, version, minority value, rice k, numel, count, unary bits, crc32 of the body
 _HEADER = struct.Struct("<4sBBBxQQQI")
 _MAGIC = b"HFMK"
-# magic, version, buckets, numel, zeros, crc32 of the body (the bucket table, then the streams)
-_HEADER3 = struct.Struct("<4sBBxxQQI")
+# magic, version, buckets, ranked buckets, numel, zeros, crc32 of the body (the bucket table, then the streams)
+_HEADER3 = struct.Struct("<4sBBBxQQI")
 _MAGIC3 = b"HFM3"
 NUM_BUCKETS = 32
 _MAX_BUCKETS = 64
@@ -49,9 +49,9 @@ class InitContext:
     """What the loader knows before reading a mask: how training drew this layer's initial scores.
 
     Rebuilt from the repo's config (seed, initial range, threshold) and the module's name, never
-    read from the mask data. `buckets` sorts the weights by initial score into equal-width bins
-    below τ and above it, with a boundary at τ itself, so the initial mask is one bucket's
-    business; exact fp32 arithmetic, the same at encoding and decoding.
+    read from the mask data. `buckets` sorts the weights by initial score into equal-width bins with
+    a boundary at τ itself, fine where training moves the mask (near and below τ) and one bin for
+    the scores far above; exact fp32 arithmetic, the same at encoding and decoding.
     """
 
     seed: int
@@ -61,14 +61,15 @@ class InitContext:
     threshold: float
 
     def buckets(self, shape: tuple[int, ...], count: int) -> np.ndarray:
+        """Each weight's bucket (uint8, flat): equal-width bins from the bottom of the initial range, with τ on a
+        boundary (as many bins below it as its share of the range, at least one); scores above the last bin's
+        edge share it. One pass of torch's vectorised kernels over the regenerated draw."""
         from .binarizer import init_draw
 
-        draw = init_draw(tuple(shape), self.module_name, self.seed, self.low, self.high).reshape(-1).numpy()
-        low, tau = np.float32(self.low), np.float32(self.threshold)
+        draw = init_draw(tuple(shape), self.module_name, self.seed, self.low, self.high).reshape(-1)
         below = min(max(1, round(count * (self.threshold - self.low) / (self.high - self.low))), count - 1)
-        under = np.clip((draw - low) * np.float32(below / (self.threshold - self.low)), 0, below - 1)
-        over = np.clip((draw - tau) * np.float32((count - below) / (self.high - self.threshold)), 0, count - below - 1)
-        return np.where(draw < tau, under.astype(np.uint8), over.astype(np.uint8) + np.uint8(below))
+        draw.sub_(self.low).mul_(below / (self.threshold - self.low)).clamp_(0, count - 1)
+        return draw.to(torch.uint8).numpy()
 
 
 @dataclass(frozen=True)
@@ -191,43 +192,74 @@ def _read_varint(data: memoryview, offset: int) -> tuple[int, int]:
     raise MaskCodecError("mask data is corrupted (a bucket table entry is too long)")
 
 
-def _bucket_order(context: InitContext, shape: tuple[int, ...], numel: int) -> tuple[np.ndarray, np.ndarray]:
-    """(flat indices sorted by bucket, stably; where each bucket starts in them, with the end appended)."""
-    buckets = context.buckets(shape, NUM_BUCKETS)
-    order = np.argsort(buckets, kind="stable").astype(_index_type(numel))  # a radix sort for uint8
-    starts = np.zeros(NUM_BUCKETS + 1, dtype=np.int64)
-    np.cumsum(np.bincount(buckets, minlength=NUM_BUCKETS), out=starts[1:])
+def _ranked_order(buckets: np.ndarray, ranked: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the weights in buckets below `ranked`, sorted by bucket stably; where each bucket
+    starts in them, with the end appended). Only these need sorting: the rest are coded by flat position."""
+    index_type = _index_type(numel)
+    if ranked == NUM_BUCKETS:
+        chosen = np.arange(numel, dtype=index_type)
+        keys = buckets
+    else:
+        chosen = np.flatnonzero(buckets < ranked).astype(index_type)
+        keys = buckets[chosen]
+    order = chosen[np.argsort(keys, kind="stable")]  # a radix sort for uint8
+    starts = np.zeros(ranked + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys, minlength=ranked)[:ranked], out=starts[1:])
     return order, starts
 
 
+def _rice_entry(values: np.ndarray, coded: int) -> tuple[bytes, bytes]:
+    """(table entry, stream) of Rice-coded gaps: flags (coded value | k << 1), count, unary bits."""
+    k, unary_bits, stream = _rice_encode(_gaps(values))
+    entry = bytes([coded | (k << 1)]) + _varint(values.size) + (_varint(unary_bits) if values.size else b"")
+    return entry, (stream if values.size else b"")
+
+
+def _bucket_entry(bits: np.ndarray) -> tuple[bytes, bytes]:
+    """One ranked bucket: the ranks of its rarer value, Rice-coded, or its raw bits where that is smaller."""
+    coded = 0 if np.count_nonzero(bits) * 2 >= bits.size else 1
+    entry, stream = _rice_entry(np.flatnonzero(bits == bool(coded)), coded)
+    bitmap = np.packbits(bits).tobytes()
+    if len(bitmap) + 1 < len(stream) + len(entry):
+        return bytes([_BITMAP]), bitmap
+    return entry, stream
+
+
+# How many of the low buckets (where training moves the mask) to code by rank within the bucket; above them
+# masked-out weights are rare, and their flat positions cost little more than ranks while needing no sort.
+_RANKED_CHOICES = (4, 8, 12, 16, 20, 24, 28, 32)
+
+
 def _encode_by_init(flat: np.ndarray, shape: tuple[int, ...], context: InitContext) -> bytes:
-    order, starts = _bucket_order(context, shape, flat.size)
+    buckets = context.buckets(shape, NUM_BUCKETS)
+    order, starts = _ranked_order(buckets, NUM_BUCKETS, flat.size)
     ordered = flat[order]
-    table, streams = bytearray(), []
-    for b in range(NUM_BUCKETS):
-        bits = ordered[starts[b] : starts[b + 1]]
-        ones = int(np.count_nonzero(bits))
-        minority = 0 if ones * 2 >= bits.size else 1
-        ranks = np.flatnonzero(bits == bool(minority)).astype(np.int64)
-        k, unary_bits, stream = _rice_encode(_gaps(ranks))
-        bitmap = np.packbits(bits).tobytes()
-        rice_table = bytes([minority | (k << 1)]) + _varint(ranks.size) + (_varint(unary_bits) if ranks.size else b"")
-        if len(bitmap) + 1 < len(stream) + len(rice_table):
-            table.append(_BITMAP)
-            streams.append(bitmap)
-        else:
-            table += rice_table
-            streams.append(stream if ranks.size else b"")
-    body = bytes(table) + b"".join(streams)
-    zeros = int(flat.size - np.count_nonzero(flat))
-    return _HEADER3.pack(_MAGIC3, CONDITIONAL_CODEC_VERSION, NUM_BUCKETS, flat.size, zeros, zlib.crc32(body)) + body
+    per_bucket = [_bucket_entry(ordered[starts[b] : starts[b + 1]]) for b in range(NUM_BUCKETS)]
+    zeros = np.flatnonzero(~flat)
+    zero_buckets = buckets[zeros]
+    options = []
+    for ranked in _RANKED_CHOICES:
+        parts = [*per_bucket[:ranked], _rice_entry(zeros[zero_buckets >= ranked], 0)]
+        options.append((sum(len(entry) + len(stream) for entry, stream in parts), ranked, parts))
+    # The fewest ranked buckets within 1% of the smallest: decoding sorts only the weights of those.
+    smallest = min(size for size, _, _ in options)
+    _, ranked, parts = next(option for option in options if option[0] <= 1.01 * smallest)
+    body = b"".join(entry for entry, _ in parts) + b"".join(stream for _, stream in parts)
+    header = _HEADER3.pack(
+        _MAGIC3, CONDITIONAL_CODEC_VERSION, NUM_BUCKETS, ranked, flat.size, int(zeros.size), zlib.crc32(body)
+    )
+    return header + body
 
 
-def _parse_by_init(data: bytes) -> tuple[int, int, list[tuple[int, int, int, int]], memoryview]:
-    """Check a rice-gaps-by-init stream without its context: (numel, zeros, bucket entries, streams)."""
+def _parse_by_init(data: bytes) -> tuple[int, int, int, list[tuple[int, int, int, int]], memoryview]:
+    """Check a rice-gaps-by-init stream without its context: (numel, zeros, ranked buckets, table, streams).
+
+    The table holds one entry per ranked bucket, then one for the flat positions of the masked-out
+    weights in the other buckets.
+    """
     if len(data) < _HEADER3.size:
         raise MaskCodecError("mask data is truncated (no header)")
-    magic, version, buckets, numel, zeros, crc = _HEADER3.unpack_from(data)
+    magic, version, buckets, ranked, numel, zeros, crc = _HEADER3.unpack_from(data)
     if magic != _MAGIC3:
         raise MaskCodecError(f"mask data was not written by {CONDITIONAL_CODEC_NAME} (bad magic)")
     if version != CONDITIONAL_CODEC_VERSION:
@@ -238,15 +270,17 @@ def _parse_by_init(data: bytes) -> tuple[int, int, list[tuple[int, int, int, int
     body = memoryview(data)[_HEADER3.size :]
     if zlib.crc32(body) != crc:
         raise MaskCodecError("mask data is corrupted (checksum mismatch)")
-    if buckets != NUM_BUCKETS or zeros > numel:
+    if buckets != NUM_BUCKETS or not 0 < ranked <= buckets or zeros > numel:
         raise MaskCodecError("mask data is corrupted (its header is out of range)")
-    entries, offset = [], 0  # (flags, count, unary bits, k): flags bit 0 minority, _BITMAP raw bits
-    for _ in range(buckets):
+    entries, offset = [], 0  # (flags, count, unary bits, k): flags bit 0 the coded value, _BITMAP raw bits
+    for i in range(ranked + 1):
         if offset >= len(body):
             raise MaskCodecError("mask data is truncated (in its bucket table)")
         flags = body[offset]
         offset += 1
         if flags & _BITMAP:
+            if i == ranked:
+                raise MaskCodecError("mask data is corrupted (its flat entry is marked as raw bits)")
             entries.append((flags, 0, 0, 0))
             continue
         count, offset = _read_varint(body, offset)
@@ -255,53 +289,62 @@ def _parse_by_init(data: bytes) -> tuple[int, int, list[tuple[int, int, int, int
         if count > numel or k > 62 or unary_bits < count or unary_bits > count + (numel >> k) + 1:
             raise MaskCodecError("mask data is corrupted (a bucket table entry is out of range)")
         entries.append((flags & 1, count, unary_bits, k))
-    return numel, zeros, entries, body[offset:]
+    return numel, zeros, ranked, entries, body[offset:]
+
+
+def _decode_rice(streams: memoryview, offset: int, entry: tuple, size: int, index_type: type) -> tuple[np.ndarray, int]:
+    """(values, bytes used) of one Rice entry whose values lie in [0, size)."""
+    _, count, unary_bits, k = entry
+    if not count:
+        return np.zeros(0, index_type), 0
+    length = _rice_length(count, unary_bits, k)
+    if offset + length > len(streams) or count > size:
+        raise MaskCodecError("mask data is truncated or corrupted (a bucket's stream does not fit)")
+    values = _positions(_rice_decode(streams[offset : offset + length], count, unary_bits, k, index_type), index_type)
+    if values[-1] >= size:
+        raise MaskCodecError("mask data is corrupted (positions out of range)")
+    return values, length
 
 
 def _decode_by_init(encoded: EncodedMask) -> tuple[np.ndarray, int, int]:
-    numel, zeros, entries, streams = _parse_by_init(encoded.data)
-    expected = int(np.prod(encoded.shape, dtype=np.int64))
-    if numel != expected:
-        raise MaskCodecError(f"mask data holds {numel} values but its shape {list(encoded.shape)} needs {expected}")
+    numel, zeros, ranked, entries, streams = _parse_by_init(encoded.data)
+    _check_numel(encoded, numel)
     if encoded.context is None:
         raise MaskCodecError(f"{CONDITIONAL_CODEC_NAME} data needs the layer's initial-score context to decode")
-    order, starts = _bucket_order(encoded.context, encoded.shape, numel)
-    minority = 0 if zeros * 2 <= numel else 1
+    buckets = encoded.context.buckets(encoded.shape, NUM_BUCKETS)
+    order, starts = _ranked_order(buckets, ranked, numel)
     index_type = _index_type(numel)
-    found, offset = [], 0
-    for b, (flags, count, unary_bits, k) in enumerate(entries):
+    found, offset = [], 0  # flat positions of the masked-out weights
+    for b, entry in enumerate(entries[:ranked]):
         size = int(starts[b + 1] - starts[b])
-        if flags & _BITMAP:
+        if entry[0] & _BITMAP:
             length = (size + 7) // 8
             if offset + length > len(streams):
                 raise MaskCodecError("mask data is truncated (a bucket's bits are missing)")
             bits = np.unpackbits(np.frombuffer(streams[offset : offset + length], np.uint8), count=size)
-            ranks = np.flatnonzero(bits == minority)
+            ranks = np.flatnonzero(bits == 0)
         else:
-            length = _rice_length(count, unary_bits, k) if count else 0
-            if offset + length > len(streams) or count > size:
-                raise MaskCodecError("mask data is truncated or corrupted (a bucket's stream does not fit)")
-            ranks = (
-                _positions(
-                    _rice_decode(streams[offset : offset + length], count, unary_bits, k, index_type), index_type
-                )
-                if count
-                else np.zeros(0, index_type)
-            )
-            if count and ranks[-1] >= size:
-                raise MaskCodecError("mask data is corrupted (positions out of range)")
-            if flags != minority:  # this bucket coded the other value: its complement is what we want
+            ranks, length = _decode_rice(streams, offset, entry, size, index_type)
+            if entry[0] == 1:  # the bucket coded its kept weights: the masked-out ones are the others
                 keep = np.ones(size, dtype=bool)
                 keep[ranks] = False
                 ranks = np.flatnonzero(keep)
         found.append(order[starts[b] + ranks])
         offset += length
-    if offset != len(streams):
+    rest, length = _decode_rice(streams, offset, entries[ranked], numel, index_type)
+    if entries[ranked][0] != 0 or (rest.size and (buckets[rest] < ranked).any()):
+        raise MaskCodecError("mask data is corrupted (its flat entry names weights of a ranked bucket)")
+    found.append(rest)
+    if offset + length != len(streams):
         raise MaskCodecError("mask data is truncated or corrupted (its length does not match its table)")
-    positions = np.sort(np.concatenate(found)) if found else np.zeros(0, index_type)
-    if positions.size != (zeros if minority == 0 else numel - zeros):
+    masked_out = np.sort(np.concatenate(found))
+    if masked_out.size != zeros or (masked_out.size > 1 and not (np.diff(masked_out) > 0).all()):
         raise MaskCodecError("mask data is corrupted (wrong number of values)")
-    return positions.astype(index_type, copy=False), minority, numel
+    if zeros * 2 <= numel:
+        return masked_out.astype(index_type, copy=False), 0, numel
+    kept = np.ones(numel, dtype=bool)
+    kept[masked_out] = False
+    return np.flatnonzero(kept).astype(index_type), 1, numel
 
 
 def decode_positions(data: bytes | EncodedMask) -> tuple[np.ndarray, int, int]:
@@ -347,7 +390,7 @@ def decode_positions(data: bytes | EncodedMask) -> tuple[np.ndarray, int, int]:
 def masked_out(encoded: EncodedMask) -> tuple[int, int]:
     """(how many weights the mask removes, how many it covers); conditionally coded data says it in its header."""
     if encoded.data[:4] == _MAGIC3:
-        numel, zeros, _, _ = _parse_by_init(encoded.data)
+        numel, zeros, _, _, _ = _parse_by_init(encoded.data)
         return zeros, numel
     positions, minority, numel = decode_positions(encoded.data)
     return (positions.size if minority == 0 else numel - positions.size), numel
