@@ -226,6 +226,33 @@ def accuracy_section(title: str, table: dict) -> list[str]:
     return lines
 
 
+def storage_tasks_section(rows: list[dict]) -> list[str]:
+    """Bytes of trained masks per task (repo format 3) against the bounds, a LoRA r8 adapter and the full model."""
+    lines = [
+        "## Bytes per task: trained masks against the bounds, LoRA r8 and the finetuned model",
+        "",
+        "Command: `python bench/storage.py --trained bench/out/cpu_heads --demo runs/demo-sst2` (the seed-0 masks "
+        "`bench/accuracy.py --preset cpu_heads` kept, with the head `head='auto'` picks, and `make demo`'s). n·H(p): "
+        "the bound for coding a mask alone; conditional: Σ n_b·H(p_b) over the initial-score buckets the codec uses. "
+        "Repo: `masking_config.json` + `mask.safetensors` (head included); LoRA: PEFT r=8 on query/value with the "
+        "head saved (`adapter_config.json` + `adapter_model.safetensors`); finetuned: `config.json` + "
+        "`model.safetensors`. All on all-MiniLM-L6-v2.",
+        "",
+        "| task | masked out | mask bytes | / n·H(p) | / conditional bound | v2 codec / n·H(p) | repo bytes "
+        "(config) | repo / LoRA r8 | finetuned / repo |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['task']} | {row['masked_out']:.4f} | {row['mask_bytes']:,} | "
+            f"{row['mask_bytes'] / row['alone_bound']:.3f} | {row['mask_bytes'] / row['conditional_bound']:.3f} | "
+            f"{row['mask_bytes_v2_codec'] / row['alone_bound']:.3f} | {row['repo_bytes']:,} "
+            f"({row['repo_files']['masking_config.json']:,}) | {row['repo_bytes'] / row['lora_r8_bytes']:.3f} | "
+            f"{row['finetuned_bytes'] / row['repo_bytes']:.0f} |"
+        )
+    return lines
+
+
 def heads_section(title: str, records: list[dict]) -> list[str]:
     """Masked vs trained task head per task (MaskingConfig.head), and what head='auto' picks for each."""
     import sys
@@ -245,8 +272,8 @@ def heads_section(title: str, records: list[dict]) -> list[str]:
     lines = [
         f"### {title}",
         "",
-        f"{first['epochs']} epoch(s), batch {first['setup']['batch']}, at the masking learning rate the `cpu` preset picked "
-        f"for each task; mean ± std over seeds {sorted({r['seed'] for r in records})}. Device: "
+        f"{first['epochs']} epoch(s), batch {first['setup']['batch']}, at the masking learning rate the `cpu` "
+        "preset picked for each task; mean ± std over seeds {sorted({r['seed'] for r in records})}. Device: "
         f"{first.get('device', 'unrecorded')}. The difference's ± is the standard error of the difference of the "
         "two means.",
         "",
@@ -402,7 +429,16 @@ def main() -> None:
         ]
         out += storage_section(storage) + ["", "![storage vs number of tasks](bench/results/storage.png)", ""]
         storage_plot(storage, os.path.join(RESULTS, "storage.png"))
+    tasks_path = os.path.join(RESULTS, "storage_tasks.json")
+    if os.path.exists(tasks_path):
+        with open(tasks_path) as handle:
+            out += storage_tasks_section(json.load(handle)) + [""]
     for name, title, command in (
+        (
+            "load_time",
+            "Loading a mask: repo format 3 (coded given the initial scores) vs the same masks coded alone",
+            "python bench/load_time.py --repeats 5 --mask bench/out/cpu_heads/sst2-masking-0.008-0-head_masked",
+        ),
         ("train_step", "Train step time and peak memory", "python bench/train_step.py"),
         (
             "train_step_earlier",

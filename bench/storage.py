@@ -93,8 +93,8 @@ def lora_bytes(record: dict, base_path: str, workdir: str) -> int:
     """adapter_config.json + adapter_model.safetensors of a PEFT LoRA r8 adapter (query/value, head saved)."""
     import types
 
-    from hf_masking.tasks import head_class_for, label_fields
     from hf_masking.scripts import _with_lora
+    from hf_masking.tasks import head_class_for, label_fields
 
     model = head_class_for(record["head_class"]).from_pretrained(base_path, **label_fields(record))
     lora = _with_lora(model, types.SimpleNamespace(lora_r=8, lora_alpha=16, lora_dropout=0.1))

@@ -56,7 +56,8 @@ HEADS = {
 def test_default_targets_are_exactly_the_papers(model_type, head):
     prefix, block, n_blocks, heads = PAPER_DEFAULTS[model_type]
     layers_key = "n_layers" if model_type == "distilbert" else "num_hidden_layers"
-    model = MaskedModel(build_model(HEADS[head], model_type, **{layers_key: n_blocks}))
+    # The paper masks every head; head="auto" trains a tagging head instead (tests/test_heads.py).
+    model = MaskedModel(build_model(HEADS[head], model_type, **{layers_key: n_blocks}), MaskingConfig(head="mask"))
     expected = [f"{prefix}.{i}.{name}" for i in range(2, n_blocks) for name in block]
     expected += [("pre_classifier" if m == "distilbert_pre" else m) for m in heads[head]]
     assert model.targets.modules == expected
