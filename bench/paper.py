@@ -11,7 +11,6 @@ present, so a rerun only redoes the analyses).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RESULTS = os.path.join(ROOT, "bench", "results", "paper")
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+from accuracy import trec_to_csv  # noqa: E402  (one reader of TREC's label lines for both benchmarks)
 from train_step import minilm_path  # noqa: E402
 
 # Learning rates the accuracy benchmark picked on MiniLM (bench/results/cpu.json); TREC takes SST-2's.
@@ -30,18 +30,6 @@ RATES = {"masking": "8e-3", "finetuning": "2.4e-4"}
 TRAIN = {"sst2": 4000, "mrpc": None, "trec": None}  # rows (None: all)
 EPOCHS = {"sst2": 1, "mrpc": 1, "trec": 2}
 SEEDS = (0, 1, 2, 3)
-
-
-def trec_to_csv(source: str, target: str) -> str:
-    """TREC's ``COARSE:fine question`` lines (latin-1) as a text,label csv the scripts read."""
-    with open(source, encoding="latin-1") as handle, open(target, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["text", "label"])
-        for line in handle:
-            if line.strip():
-                label, text = line.rstrip("\n").split(" ", 1)
-                writer.writerow([text, label.split(":", 1)[0]])
-    return target
 
 
 def files(task: str, data: str, out: str) -> list[str]:
