@@ -424,7 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--plot", metavar="PATH.png", help="one t-SNE panel per model (paper Figure 4)")
     _data_arguments(embed)
     embed.set_defaults(run=embed_command)
+
+    from .serve.settings import add_arguments as serve_arguments
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve many tasks from one resident base over HTTP (pip install 'hf-masking[serve]')",
+        description="One base model, one mask per task, requests for many tasks batched into mixed-mask forwards. "
+        "POST /predict, POST /generate, GET /tasks, /health, /ready, /metrics; PUT/DELETE /tasks/{name} with an "
+        "admin token. Every limit below has a safe default. --ray runs Ray Serve replicas instead of one process.",
+    )
+    serve_arguments(serve)
+    serve.set_defaults(run=serve_command)
     return parser
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    try:
+        from .serve.server import run
+    except ImportError as err:
+        raise SystemExit(f"hf-masking serve needs its extra: pip install 'hf-masking[serve]' ({err}).") from None
+    run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -433,6 +433,10 @@ class MaskedModel(MaskRepoMixin, nn.Module):
             groups.setdefault(self._task_key(name), []).append(index)
         return list(groups.values())
 
+    def mask_head_class(self, name: str | None = None) -> str:
+        """The transformers class mask `name` computes with (the active mask's by default), e.g. for routing."""
+        return self._task_key(name or self._active)[0]
+
     def mask_labels(self, name: str | None = None) -> list[str]:
         """The label names of mask `name`'s head (the active mask's by default), by label id.
 
