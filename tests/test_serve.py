@@ -388,3 +388,19 @@ def test_ray_serve_two_replicas_batch_across_tasks_and_answer_as_each_mask_alone
         assert _get(f"{url}/metrics")[0] == 200
     finally:
         _stop(process)
+
+
+def test_sync_tasks_loads_what_is_new_and_drops_what_is_gone(classifiers):
+    """What a Ray replica's `reconfigure` does with a new user_config, in process."""
+    from hf_masking.serve import MaskService, ServeSettings
+
+    root, base, masks = classifiers
+    service = MaskService.load(ServeSettings(tasks={"topic": masks["topic"], "sentiment": masks["sentiment"]}))
+    service.sync_tasks({"topic": masks["topic"], "question": masks["question"]})
+    assert sorted(service.tasks) == ["question", "topic"] and service.tasks["question"].labels[5] == "LABEL_5"
+    service.sync_tasks({"topic": masks["question"]})  # another repo under the same name: reloaded
+    assert list(service.tasks) == ["topic"] and len(service.tasks["topic"].labels) == 6
+    from hf_masking.serve.service import Row
+
+    (answer,) = service.answer([Row("topic", "alice was great")])
+    Alone(base, masks).check({"task": "question", "text": "alice was great"}, {**answer, "task": "question"})
