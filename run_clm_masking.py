@@ -167,7 +167,9 @@ def main():
         config = CONFIG_MAPPING[model_args.model_type]()
         logger.warning("You are instantiating a new config instance from scratch.")
         if model_args.config_overrides is not None:
+            logger.info(f"Overriding config: {model_args.config_overrides}")
             config.update_from_string(model_args.config_overrides)
+            logger.info(f"New config: {config}")
     if not (model_args.tokenizer_name or model_args.model_name_or_path):
         raise ValueError("Training a tokenizer from scratch is not supported: pass --tokenizer_name.")
     tokenizer = AutoTokenizer.from_pretrained(

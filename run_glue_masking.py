@@ -60,6 +60,7 @@ class DataTrainingArguments:
         default=128, metadata={"help": "Maximum length after tokenization; longer inputs are truncated."}
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     pad_to_max_length: bool = field(
         default=True, metadata={"help": "Pad to max_seq_length; if False, pad dynamically per batch."}
     )
@@ -199,6 +200,7 @@ def main():
             preprocess_function,
             batched=True,
             load_from_cache_file=not data_args.overwrite_cache,
+            num_proc=data_args.preprocessing_num_workers,
             desc="Running tokenizer on dataset",
         )
 

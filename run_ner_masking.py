@@ -68,6 +68,7 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Column of tag lists (default: {task_name}_tags, CoNLL files: ner_tags)."}
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     max_seq_length: int | None = field(default=None, metadata={"help": "Maximum length after tokenization."})
     pad_to_max_length: bool = field(default=False, metadata={"help": "Pad to max_seq_length instead of per batch."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this size."})
@@ -210,6 +211,7 @@ def main():
             batched=True,
             remove_columns=column_names,
             load_from_cache_file=not data_args.overwrite_cache,
+            num_proc=data_args.preprocessing_num_workers,
             desc="Running tokenizer on dataset",
         )
     for flag, split in (("do_train", "train"), ("do_eval", "validation"), ("do_predict", "test")):
@@ -231,16 +233,24 @@ def main():
         predictions = np.argmax(p.predictions, axis=2)
         pred_tags, true_tags = tags_of(predictions, p.label_ids)
         results = seqeval_metrics(pred_tags, true_tags)
-        if data_args.return_entity_level_metrics:
-            from seqeval.metrics import classification_report
+        if not data_args.return_entity_level_metrics:
+            return results
+        # As upstream: overall_* for the totals, <TYPE>_{precision,recall,f1,number} for each entity type.
+        from seqeval.metrics import classification_report
 
-            report = classification_report(true_tags, pred_tags, output_dict=True, zero_division=0)
-            for entity, values in report.items():
-                if " avg" not in entity:
-                    results.update(
-                        {f"{entity}_{k.replace('-score', '')}": float(v) for k, v in values.items() if k != "support"}
-                    )
-        return results
+        report = classification_report(true_tags, pred_tags, output_dict=True, zero_division=0)
+        entity_level = {f"overall_{name}": value for name, value in results.items()}
+        for entity, values in report.items():
+            if " avg" not in entity:
+                entity_level.update(
+                    {
+                        f"{entity}_precision": float(values["precision"]),
+                        f"{entity}_recall": float(values["recall"]),
+                        f"{entity}_f1": float(values["f1-score"]),
+                        f"{entity}_number": int(values["support"]),
+                    }
+                )
+        return entity_level
 
     trainer = Trainer(
         model=model,
@@ -267,7 +277,10 @@ def main():
         majority = majority_label([t for row in source["labels"] for t in row if t != -100])
         labels = [row for row in eval_dataset["labels"]]
         constant = [[majority if t != -100 else -100 for t in row] for row in labels]
-        report_against_baseline(metrics, seqeval_metrics(*tags_of(constant, labels)))
+        baseline = seqeval_metrics(*tags_of(constant, labels))
+        if data_args.return_entity_level_metrics:
+            baseline = {f"overall_{name}": value for name, value in baseline.items()}
+        report_against_baseline(metrics, baseline)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         save_model_card(trainer, metrics, "Token classification", data_args.dataset_name)

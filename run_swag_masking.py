@@ -53,6 +53,7 @@ class DataTrainingArguments:
     train_file: str | None = field(default=None, metadata={"help": "A csv or json(l) file of training data."})
     validation_file: str | None = field(default=None, metadata={"help": "A csv or json(l) file for evaluation."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     max_seq_length: int | None = field(default=None, metadata={"help": "Maximum length of context + ending."})
     pad_to_max_length: bool = field(default=False, metadata={"help": "Pad to max_seq_length instead of per batch."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this size."})
@@ -130,6 +131,7 @@ def main():
             batched=True,
             remove_columns=reference.column_names,
             load_from_cache_file=not data_args.overwrite_cache,
+            num_proc=data_args.preprocessing_num_workers,
             desc="Running tokenizer on dataset",
         )
     for flag, split in (("do_train", "train"), ("do_eval", "validation")):

@@ -58,6 +58,19 @@ def _build() -> type:
             ),
         ),
         (
+            "mask_learning_rate",
+            float | None,
+            field(
+                default=None,
+                metadata={
+                    "help": "Learning rate of the mask scores alone; everything else (a trained head, "
+                    "--mask_modules_to_save) keeps --learning_rate (or --head_learning_rate). Default: "
+                    "--learning_rate. Masking needs rates 10-100x finetuning's; a warning at the start of "
+                    "training says when the planned training cannot move the mask."
+                },
+            ),
+        ),
+        (
             "lora_r",
             int | None,
             field(

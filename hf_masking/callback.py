@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
+from . import reach
 from .model import MaskedModel
 from .optimization import find_masked_model
 
@@ -39,6 +40,19 @@ def exempt_scores_from_weight_decay(optimizer: Any, model: MaskedModel) -> int:
         group["weight_decay"] = 0.0
         changed += 1
     return changed
+
+
+def reach_warning(optimizer: Any, model: MaskedModel, args: Any, max_steps: int) -> str | None:
+    """`reach.check` at the scores' own rate (their optimizer group's), over the Trainer's planned steps."""
+    score_ids = {id(m.mask_scores) for m in model.masked_modules().values() if m.mask_scores is not None}
+    rates = [
+        group.get("initial_lr", group["lr"])
+        for group in optimizer.param_groups
+        if any(id(p) in score_ids for p in group["params"])
+    ]
+    if not rates:
+        return None
+    return reach.check(model.masking_config, args, max_steps, min(rates))
 
 
 class MaskingCallback(TrainerCallback):
@@ -72,6 +86,9 @@ class MaskingCallback(TrainerCallback):
         masked._callback_attached = True
         if optimizer is not None:
             exempt_scores_from_weight_decay(optimizer, masked)
+            warning = reach_warning(optimizer, masked, args, state.max_steps)
+            if warning:
+                logger.warning(warning)
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         masked = find_masked_model(model)

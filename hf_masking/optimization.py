@@ -25,10 +25,15 @@ def find_masked_model(model: nn.Module | None) -> Any:
 
 
 def param_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float = 0.0, head_learning_rate: float | None = None
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    head_learning_rate: float | None = None,
+    mask_learning_rate: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Parameter groups of a MaskedModel: scores (no decay, `learning_rate`); trained modules' weights
-    (`weight_decay`) and their biases and norms (no decay), both at `head_learning_rate` (default: `learning_rate`).
+    """Parameter groups of a MaskedModel: scores (no decay, at `mask_learning_rate`, default `learning_rate`);
+    trained modules' weights (`weight_decay`) and their biases and norms (no decay), both at
+    `head_learning_rate` (default: `learning_rate`).
 
     Empty groups are left out. Built from the model as it is when called, so a sharded or moved
     model's own parameters are the ones grouped.
@@ -48,7 +53,11 @@ def param_groups(
         else:
             decayed.append(param)
     groups = [
-        {"params": scores, "lr": learning_rate, "weight_decay": 0.0},
+        {
+            "params": scores,
+            "lr": learning_rate if mask_learning_rate is None else mask_learning_rate,
+            "weight_decay": 0.0,
+        },
         {"params": decayed, "lr": head_lr, "weight_decay": weight_decay},
         {"params": undecayed, "lr": head_lr, "weight_decay": 0.0},
     ]
@@ -58,9 +67,10 @@ def param_groups(
 class _GroupedOptimizer:
     """The Trainer's optimizer factory (``optimizer_cls()(model, **kwargs)``): its usual optimizer class, our groups."""
 
-    def __init__(self, args: Any, head_learning_rate: float | None) -> None:
+    def __init__(self, args: Any, head_learning_rate: float | None, mask_learning_rate: float | None = None) -> None:
         self.args = args
         self.head_learning_rate = head_learning_rate
+        self.mask_learning_rate = mask_learning_rate
 
     def __call__(self, model: nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
         from transformers import Trainer
@@ -70,24 +80,30 @@ class _GroupedOptimizer:
         own_grouping = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if is_optimizer_factory(optimizer_cls) or own_grouping:
             raise ValueError(
-                f"A separate head learning rate needs an optimizer that takes parameter groups; --optim "
-                f"{self.args.optim} builds its own. Drop the head learning rate, or choose e.g. adamw_torch."
+                f"A separate head or mask learning rate needs an optimizer that takes parameter groups; --optim "
+                f"{self.args.optim} builds its own. Drop the separate rate, or choose e.g. adamw_torch."
             )
         kwargs = {**optimizer_kwargs, **kwargs}
-        groups = param_groups(model, kwargs.pop("lr"), self.args.weight_decay, self.head_learning_rate)
+        groups = param_groups(
+            model, kwargs.pop("lr"), self.args.weight_decay, self.head_learning_rate, self.mask_learning_rate
+        )
         return optimizer_cls(groups, **kwargs)
 
 
-def masking_optimizer(args: Any, head_learning_rate: float | None = None) -> tuple[Any, dict[str, Any]]:
-    """What to pass as ``Trainer(optimizer_cls_and_kwargs=...)`` to train the head at its own rate::
+def masking_optimizer(
+    args: Any, head_learning_rate: float | None = None, mask_learning_rate: float | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """What to pass as ``Trainer(optimizer_cls_and_kwargs=...)`` to train scores and head at their own rates::
 
         trainer = Trainer(model=masked, args=args, callbacks=[MaskingCallback()],
-                          optimizer_cls_and_kwargs=masking_optimizer(args, head_learning_rate=1e-3))
+                          optimizer_cls_and_kwargs=masking_optimizer(args, mask_learning_rate=8e-3))
 
-    The optimizer is the one ``args.optim`` names; the scores train at ``args.learning_rate``
-    without weight decay, the trained head (and `MaskingConfig.modules_to_save`) at
-    `head_learning_rate` with ``args.weight_decay`` on its weights.
+    The optimizer is the one ``args.optim`` names; the scores train at `mask_learning_rate`
+    (default ``args.learning_rate``) without weight decay, the trained head (and
+    `MaskingConfig.modules_to_save`) at `head_learning_rate` (default ``args.learning_rate``)
+    with ``args.weight_decay`` on its weights. The scheduler scales both alike.
     """
-    if head_learning_rate is not None and not (head_learning_rate > 0 and head_learning_rate < float("inf")):
-        raise ValueError(f"head_learning_rate={head_learning_rate!r} is invalid: expected a positive number.")
-    return functools.partial(_GroupedOptimizer, args, head_learning_rate), {}
+    for name, value in (("head_learning_rate", head_learning_rate), ("mask_learning_rate", mask_learning_rate)):
+        if value is not None and (isinstance(value, bool) or not (value > 0 and value < float("inf"))):
+            raise ValueError(f"{name}={value!r} is invalid: expected a positive number.")
+    return functools.partial(_GroupedOptimizer, args, head_learning_rate, mask_learning_rate), {}

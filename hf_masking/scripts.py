@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 # (bench/results/cpu.json, MiniLM-L6, 1 epoch, seed 0): best on SST-2 and MRPC, 2.3 points below
 # the best on SWAG (4e-3) and 8.7 on CoNLL-2003 (1.6e-2); 4e-3 and 1.6e-2 lose more on average.
 DEFAULT_MASKING_LEARNING_RATE = 8e-3
-LOW_MASKING_LEARNING_RATE = 1e-4
 
 
 def _learning_rate_given(json_file: str | None) -> bool:
@@ -45,21 +44,40 @@ def set_masking_learning_rate(training_args: TrainingArguments, masking_args: An
         return
     if masking_args.mask_from and not training_args.do_train:
         return
-    if not given:
+    if not given and getattr(masking_args, "mask_learning_rate", None) is None:
         training_args.learning_rate = DEFAULT_MASKING_LEARNING_RATE
         logger.warning(
             f"Masking with no --learning_rate: using {DEFAULT_MASKING_LEARNING_RATE:g}, the best single rate of the "
             "masking benchmark (MiniLM-L6; SST-2, MRPC, CoNLL-2003, SWAG; bench/results/cpu.json). Pass "
             "--learning_rate to choose another."
         )
-    elif training_args.learning_rate < LOW_MASKING_LEARNING_RATE:
-        logger.warning(
-            f"--learning_rate {training_args.learning_rate:g} is a finetuning rate: mask scores start up to 0.57 "
-            "(0.28 on average) above the threshold and barely move at it, so the mask stays near its random "
-            "start. Masking needs rates 10-100x finetuning's (paper: 1e-4 to 1e-3 on BERT-base; our benchmark "
-            f"picked 4e-3 to 1.6e-2 on MiniLM); the scripts' default with masking is "
-            f"{DEFAULT_MASKING_LEARNING_RATE:g}."
-        )
+    # Whether a given rate can move the mask depends on the planned steps and schedule too:
+    # MaskingCallback checks that when training starts (hf_masking.reach).
+
+
+def check_hub_reachable(training_args: TrainingArguments) -> None:
+    """With --push_to_hub, make sure the Hub can be reached and a token is there before any work starts."""
+    if not training_args.push_to_hub:
+        return
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    keep = "The run would save into --output_dir and then fail to upload: drop --push_to_hub (push later with "
+    keep += "MaskedModel.from_pretrained(output_dir).push_to_hub(repo_id))"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"--push_to_hub: the Hub is switched off here (HF_HUB_OFFLINE=1). {keep}, or unset it.")
+    try:
+        HfApi(endpoint=constants.ENDPOINT).whoami(token=training_args.hub_token)
+    except LocalTokenNotFoundError:
+        raise ValueError(f"--push_to_hub needs a Hub token: run `hf auth login` or pass --hub_token. {keep}.") from None
+    except OfflineModeIsEnabled:
+        raise ValueError(f"--push_to_hub: the Hub is switched off here (HF_HUB_OFFLINE=1). {keep}.") from None
+    except HfHubHTTPError as err:
+        raise ValueError(f"--push_to_hub: the Hub at {constants.ENDPOINT} refused the token ({err}). {keep}.") from None
+    except Exception as err:  # the HTTP client's own transport errors: no network, no DNS, refused
+        raise ValueError(
+            f"--push_to_hub: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err}). {keep}."
+        ) from None
 
 
 def parse_and_set_up(parser: HfArgumentParser, script_logger: logging.Logger) -> tuple:
@@ -78,10 +96,13 @@ def parse_and_set_up(parser: HfArgumentParser, script_logger: logging.Logger) ->
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
+    if training_args.should_log:  # as upstream: the default ("passive") logs at info level on the main process
+        transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
     for name in (script_logger.name, "hf_masking"):
         logging.getLogger(name).setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    check_hub_reachable(training_args)
     masking_args = next((a for a in parsed if type(a).__name__ == "MaskingArguments"), None)
     set_masking_learning_rate(training_args, masking_args, _learning_rate_given(json_file))
     script_logger.info(f"Training/evaluation parameters {training_args}")
@@ -158,29 +179,38 @@ def _with_lora(model: nn.Module, masking_args: Any) -> nn.Module:
 
 
 def optimizer_for(model: nn.Module, training_args: TrainingArguments, masking_args: Any) -> Any:
-    """``Trainer(optimizer_cls_and_kwargs=...)``: with --head_learning_rate, the trained head at its own rate.
+    """``Trainer(optimizer_cls_and_kwargs=...)``: with --head_learning_rate or --mask_learning_rate, each part at
+    its own rate.
 
-    Refused where nothing would train at that rate, so the flag is never silently ignored.
+    Refused where nothing would train at that rate, so a flag is never silently ignored.
     """
-    rate = getattr(masking_args, "head_learning_rate", None)
-    if rate is None:
+    head_rate = getattr(masking_args, "head_learning_rate", None)
+    mask_rate = getattr(masking_args, "mask_learning_rate", None)
+    if head_rate is None and mask_rate is None:
         return None
-    if not isinstance(model, MaskedModel):
-        raise ValueError(
-            "--head_learning_rate sets the rate of a head trained beside a mask; without masking "
-            "(--no_masking, --lora_r) everything trains at --learning_rate."
-        )
-    if not training_args.do_train:
-        raise ValueError("--head_learning_rate is a training rate; this run does not train (--do_train).")
-    if not model.trained_modules:
+    for flag, rate in (("--head_learning_rate", head_rate), ("--mask_learning_rate", mask_rate)):
+        if rate is None:
+            continue
+        if not rate > 0 or rate == float("inf"):
+            raise ValueError(f"{flag} must be a positive number, not {rate}.")
+        if not isinstance(model, MaskedModel):
+            raise ValueError(
+                f"{flag} sets a rate of masking's own parts; without masking (--no_masking, --lora_r) everything "
+                "trains at --learning_rate."
+            )
+        if not training_args.do_train:
+            raise ValueError(f"{flag} is a training rate; this run does not train (--do_train).")
+    if head_rate is not None and not model.trained_modules:
         raise ValueError(
             "--head_learning_rate: nothing trains in full here (the head is masked: --mask_head "
             f"{model.masking_config.head}, and no --mask_modules_to_save). Pass --mask_head train to train the head."
         )
     from .optimization import masking_optimizer
 
-    logger.info(f"Training {model.trained_modules} at {rate:g}, the mask scores at {training_args.learning_rate:g}")
-    return masking_optimizer(training_args, head_learning_rate=rate)
+    scores = mask_rate if mask_rate is not None else training_args.learning_rate
+    rest = head_rate if head_rate is not None else training_args.learning_rate
+    logger.info(f"Training the mask scores at {scores:g}, {model.trained_modules or 'nothing else'} at {rest:g}")
+    return masking_optimizer(training_args, head_learning_rate=head_rate, mask_learning_rate=mask_rate)
 
 
 def callbacks_for(model: nn.Module) -> list:

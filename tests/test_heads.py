@@ -252,7 +252,7 @@ def test_scripts_train_a_regression_head_by_default_and_at_its_own_rate(tmp_path
         _glue(monkeypatch, tiny_model, tmp_path / "default", *task, "--head_learning_rate", "1e-3")
     record = read_json(tmp_path / "default" / "masking_config.json")
     assert "classifier" not in record["masked_modules"] and record["masking_config"]["head"] == "auto"
-    assert "Training ['classifier'] at 0.001, the mask scores at 0.008" in caplog.text
+    assert "Training the mask scores at 0.008, ['classifier'] at 0.001" in caplog.text
 
     # The paper's masked head on request; then a head rate is refused, since nothing trains at it.
     _glue(monkeypatch, tiny_model, tmp_path / "masked", *task, "--mask_head", "mask")
@@ -263,7 +263,7 @@ def test_scripts_train_a_regression_head_by_default_and_at_its_own_rate(tmp_path
     assert trained == masked - 32 + 33
     with pytest.raises(ValueError, match="--head_learning_rate: nothing trains in full here"):
         _glue(monkeypatch, tiny_model, tmp_path / "bad", *task, "--mask_head", "mask", "--head_learning_rate", "1e-3")
-    with pytest.raises(ValueError, match="--head_learning_rate sets the rate of a head trained beside a mask"):
+    with pytest.raises(ValueError, match="--head_learning_rate sets a rate of masking's own parts"):
         _glue(monkeypatch, tiny_model, tmp_path / "bad2", *task, "--no_masking", "--head_learning_rate", "1e-3")
 
 

@@ -284,7 +284,11 @@ def test_ner_reads_conll_with_docstart_and_json(tmp_path, tiny_model, monkeypatc
         monkeypatch,
     )
     metrics = read_json(out / "eval_results.json")
-    assert {"eval_f1", "eval_precision", "eval_recall", "eval_PER_f1", "eval_majority_baseline_f1"} <= set(metrics)
+    # Upstream's names: overall_* totals, <TYPE>_{precision,recall,f1,number} per entity type.
+    expected = {"eval_overall_f1", "eval_overall_precision", "eval_overall_recall", "eval_overall_accuracy"}
+    expected |= {f"eval_PER_{name}" for name in ("precision", "recall", "f1", "number")}
+    assert expected | {"eval_majority_baseline_overall_f1"} <= set(metrics)
+    assert "eval_f1" not in metrics and isinstance(metrics["eval_PER_number"], int) and metrics["eval_PER_number"] > 0
     assert metrics["eval_samples"] == 12  # -DOCSTART- lines are not sentences
     config = read_json(out / "masking_config.json")
     assert set(config["label_config"]["label2id"]) == {"O", "I-PER", "I-LOC", "I-ORG"}
