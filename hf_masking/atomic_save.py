@@ -13,19 +13,62 @@ its parent is read-only.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 
 PENDING = ".hf-masking-pending"
 STAGING_PREFIX = ".hf-masking-staging-"
 
 
-def read_current(directory: str, name: str) -> bytes | None:
-    """The current contents of file `name` in `directory`, or None if it has none."""
-    for path in (os.path.join(directory, PENDING, name), os.path.join(directory, name)):
+class LinkError(OSError):
+    """A repo file or the save journal is a symbolic link (or not what this package writes there)."""
+
+
+def _check_journal(directory: str) -> bool:
+    """Whether `directory` holds a save journal; refuses one that is a link or not a folder."""
+    try:
+        mode = os.lstat(os.path.join(directory, PENDING)).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not stat.S_ISDIR(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+        raise LinkError(
+            f"{os.path.join(directory, PENDING)} is {kind}: that name is this package's save journal, and a link "
+            "there could move or read files outside the repo. Remove it, then save or load again."
+        )
+    return True
+
+
+def _open_no_link(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise LinkError(
+                f"{path} is a symbolic link; a local mask repo's files are read only as plain files (copy the "
+                "file itself into the folder)."
+            ) from None
+        raise
+
+
+def read_current(directory: str, name: str, follow_links: bool = False) -> bytes | None:
+    """The current contents of file `name` in `directory`, or None if it has none.
+
+    Links are refused unless `follow_links` (the Hub cache, whose snapshot files are links to its blobs).
+    """
+    paths = [os.path.join(directory, name)]
+    if follow_links or _check_journal(directory):
+        paths.insert(0, os.path.join(directory, PENDING, name))
+    for path in paths:
         try:
-            with open(path, "rb") as handle:
+            if follow_links:
+                with open(path, "rb") as handle:
+                    return handle.read()
+            fd = _open_no_link(path)
+            with os.fdopen(fd, "rb") as handle:
                 return handle.read()
         except (FileNotFoundError, NotADirectoryError):
             continue  # moved into place between the two looks, or never there
@@ -63,7 +106,11 @@ def _write_file(path: str, data: bytes, mode: int) -> None:
 
 def _finish_pending(directory: str) -> None:
     pending = os.path.join(directory, PENDING)
-    for name in sorted(os.listdir(pending)):
+    names = sorted(os.listdir(pending))
+    for name in names:  # the journal holds the plain files a save wrote, nothing else
+        if not stat.S_ISREG(os.lstat(os.path.join(pending, name)).st_mode):
+            raise LinkError(f"{os.path.join(pending, name)} is not a plain file; this package never writes one there.")
+    for name in names:
         os.replace(os.path.join(pending, name), os.path.join(directory, name))
     _fsync_dir(directory)
     os.rmdir(pending)
@@ -71,11 +118,12 @@ def _finish_pending(directory: str) -> None:
 
 def recover(directory: str) -> None:
     """Finish a save that was interrupted after its commit; delete staging folders of ones before it."""
-    if os.path.isdir(os.path.join(directory, PENDING)):
+    if _check_journal(directory):
         _finish_pending(directory)
     for entry in os.listdir(directory):
-        if entry.startswith(STAGING_PREFIX):
-            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+        path = os.path.join(directory, entry)
+        if entry.startswith(STAGING_PREFIX) and stat.S_ISDIR(os.lstat(path).st_mode):  # never through a link
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_files(directory: str, files: dict[str, bytes]) -> None:

@@ -46,8 +46,8 @@ def _read(repo: str, revision: str | None, token: str | None):
     from . import hub
     from .repo import read_folder
 
-    folder, _ = hub.resolve_repo(repo, revision, token)
-    return read_folder(folder), folder
+    folder, is_local = hub.resolve_repo(repo, revision, token)
+    return read_folder(folder, follow_links=not is_local), folder
 
 
 def _types_and_blocks(names: Sequence[str]) -> tuple[list[str], list[int]]:

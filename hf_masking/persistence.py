@@ -276,8 +276,8 @@ BASE_LOADING_KWARGS = frozenset(
 
 def read_mask_repo(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | bool | None) -> StoredMask:
     """A mask repo from a folder (an interrupted save's journal included) or the Hub, fully checked."""
-    folder, _ = hub.resolve_repo(os.fspath(repo_id_or_path), revision, token)
-    return repo_format.read_folder(folder)
+    folder, is_local = hub.resolve_repo(os.fspath(repo_id_or_path), revision, token)
+    return repo_format.read_folder(folder, follow_links=not is_local)
 
 
 def _load_base(record: dict[str, Any], base_model: str | None, token: Any, base_kwargs: dict[str, Any]) -> nn.Module:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -487,17 +488,38 @@ def read_trainer_state(directory: str) -> StoredMask | None:
     return StoredMask(record=record, masks=masks, head=head, scores=scores)
 
 
-def read_folder(directory: str) -> StoredMask:
-    """Read and check a mask repo folder (mid-save too: see `atomic_save`), or a Trainer's output folder."""
+def read_folder(directory: str, follow_links: bool = False) -> StoredMask:
+    """Read and check a mask repo folder (mid-save too: see `atomic_save`), or a Trainer's output folder.
+
+    A save may commit between reading the config and reading the weights: the pair then does not
+    belong together, and reading both again shows the files changed. Then it reads again (the old
+    or the new repo, never an error for a healthy one); only a pair that stays mismatched is refused.
+    Links are refused unless `follow_links` (the Hub cache's snapshot links).
+    """
     from .atomic_save import read_current
 
-    config = read_current(directory, CONFIG_NAME)
-    if config is None:
-        from_trainer = read_trainer_state(directory)
-        if from_trainer is not None:
-            return from_trainer
-    weights = read_current(directory, WEIGHTS_NAME)
-    for name, data in ((CONFIG_NAME, config), (WEIGHTS_NAME, weights)):
-        if data is None:
-            raise MaskRepoError(f"{directory} is not a mask repo: {name} is missing.")
-    return parse_repo(config, weights, os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME))
+    paths = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
+    for attempt in range(READ_ATTEMPTS):
+        config = read_current(directory, CONFIG_NAME, follow_links)
+        if config is None:
+            from_trainer = read_trainer_state(directory)
+            if from_trainer is not None:
+                return from_trainer
+        weights = read_current(directory, WEIGHTS_NAME, follow_links)
+        for name, data in ((CONFIG_NAME, config), (WEIGHTS_NAME, weights)):
+            if data is None:
+                raise MaskRepoError(f"{directory} is not a mask repo: {name} is missing.")
+        try:
+            return parse_repo(config, weights, *paths)
+        except MaskRepoError:
+            now = (
+                read_current(directory, CONFIG_NAME, follow_links),
+                read_current(directory, WEIGHTS_NAME, follow_links),
+            )
+            if now == (config, weights) or attempt == READ_ATTEMPTS - 1:
+                raise  # the files are what they are: a real error
+            time.sleep(0.01 * (attempt + 1))  # a writer is saving: read the pair again
+    raise AssertionError("unreachable")
+
+
+READ_ATTEMPTS = 20
