@@ -55,7 +55,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
     """
 
     def __new__(cls, model: nn.Module | None = None, *args: Any, **kwargs: Any) -> MaskedModel:
-        if cls is MaskedModel and model is not None:
+        if cls is MaskedModel and isinstance(model, nn.Module):  # anything else: __init__ says what is wrong
             cls = subclass_for(MaskedModel, type(model))
         return super().__new__(cls)
 
@@ -72,6 +72,12 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         `masked_modules` names the layers exactly instead (a loaded repo's list, which is
         authoritative: its patterns are never matched again).
         """
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"MaskedModel wraps a loaded model (an nn.Module), not {type(model).__name__} {model!r}: load it first "
+                "(e.g. AutoModelForSequenceClassification.from_pretrained(...)), or rebuild a saved mask with "
+                "MaskedModel.from_pretrained(mask_repo)."
+            )
         if isinstance(model, MaskedModel) or any(isinstance(m, MaskedLinear) for m in model.modules()):
             raise ValueError("This model is already masked: wrap the original model, not a MaskedModel.")
         if config is not None and not isinstance(config, MaskingConfig):
@@ -110,6 +116,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         self._active = TRAINABLE_MASK if trainable else None
         self._trainable_head: dict[str, torch.Tensor] | None = None
         self._location: tuple[str | None, str | None] | None = None  # the base's id/path and commit
+        self._consumed: str | None = None  # what took the wrapped model away (unload, merge_and_unload)
         self._callback_attached = False  # set by MaskingCallback when a Trainer trains this model
         self._warned_no_callback = False
 
@@ -127,8 +134,17 @@ class MaskedModel(MaskRepoMixin, nn.Module):
                 ) from None
             return getattr(self.model, name)
 
+    def _check_usable(self) -> None:
+        """A clear error for a wrapper whose model `unload` or `merge_and_unload` handed out."""
+        if getattr(self, "_consumed", None):
+            raise RuntimeError(
+                f"This MaskedModel was consumed by {self._consumed}(): its model now belongs to the caller and has no "
+                "masks. Use the model it returned, or MaskedModel.from_pretrained(mask_repo) for a masked one again."
+            )
+
     def forward(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's forward with masked layers; `mask_names` (one per example) gives each its own mask."""
+        self._check_usable()
         if mask_names is not None:
             return self._forward_rows(mask_names, args, kwargs)
         if self.training and torch.is_grad_enabled():
@@ -137,6 +153,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
 
     def generate(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's ``generate``; with `mask_names` (one per prompt) each sequence keeps its own mask."""
+        self._check_usable()
         if mask_names is None:
             return self.model.generate(*args, **kwargs)
         with mixed_batch.rows_masked(self, mask_names, args, kwargs) as model:
@@ -184,6 +201,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
 
     def masked_modules(self) -> dict[str, MaskedLinear]:
         """Masked layers by their name in the wrapped model."""
+        self._check_usable()
         return {name: self.model.get_submodule(name) for name in self.targets.modules}
 
     def masks(self) -> dict[str, torch.Tensor]:
@@ -259,18 +277,15 @@ class MaskedModel(MaskRepoMixin, nn.Module):
 
     # ----- leaving masking ---------------------------------------------------------------
     def merge(self) -> nn.Module:
-        """An ordinary transformers model with W ⊙ M baked into the masked weights, independent of this one.
+        """An ordinary transformers model with W ⊙ M baked into the masked weights, sharing nothing with this one.
 
-        Masked layers become plain ``nn.Linear``/``Conv1D`` modules with new merged weights and the
-        head is copied, so a later `set_active_mask` or training step here does not change the
-        merged model. The frozen base tensors that nothing here ever writes (embeddings, LayerNorm,
-        biases, unmasked layers) are shared with it rather than copied, to save memory.
+        Masked layers become plain ``nn.Linear``/``Conv1D`` modules with merged weights; every other
+        tensor is copied, so training the merged model leaves this one (and its base) as it was, and
+        a later `set_active_mask` or training step here leaves the merged model as it is. Costs a
+        copy of the model; `merge_and_unload` costs none and consumes this wrapper instead.
         """
-        head = set(self.head_tensor_names())
+        self._check_usable()
         memo: dict[int, Any] = {}
-        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
-            if name not in head and not name.endswith("mask_scores"):
-                memo[id(tensor)] = tensor
         for module in self.masked_modules().values():
             layer = module.merged()
             memo[id(module)] = layer
@@ -280,11 +295,33 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         for module in self.model.modules():  # layers only another task's masks use: back to plain ones
             if isinstance(module, MaskedLinear) and id(module) not in memo:
                 memo[id(module)] = module.original()
-        return copy.deepcopy(self.model, memo)
+        merged = copy.deepcopy(self.model, memo)
+        for param in merged.parameters():
+            param.requires_grad_(True)  # a plain model, trainable as any loaded one
+        return merged
 
     def merge_and_unload(self) -> nn.Module:
-        """PEFT's name for `merge`: the plain transformers model with the active mask baked in."""
-        return self.merge()
+        """As PEFT's: bake the active mask into the wrapped model in place and hand that model out.
+
+        No copy is made: the masked layers become plain layers with merged weights inside the
+        wrapped model, which is returned. This wrapper is consumed: using it afterwards is an
+        error (load the mask again with `from_pretrained`). Use `merge` to keep both.
+        """
+        self._check_usable()
+        merged = {name: module.merged() for name, module in self.masked_modules().items()}
+        plain = {
+            name: module.original()
+            for name, module in self.model.named_modules()
+            if isinstance(module, MaskedLinear) and name not in merged
+        }
+        model = self.model
+        for name, layer in [*merged.items(), *plain.items()]:
+            model.set_submodule(name, layer)
+        for param in model.parameters():
+            param.requires_grad_(True)
+        self._consumed = "merge_and_unload"
+        self.fixed_masks.clear()
+        return model
 
     @contextlib.contextmanager
     def disable_masks(self) -> Iterator[MaskedModel]:
@@ -302,9 +339,15 @@ class MaskedModel(MaskRepoMixin, nn.Module):
                 module.disabled = False
 
     def unload(self) -> nn.Module:
-        """Put the original linear layers back and return the unmasked base model (scores dropped)."""
+        """Put the original linear layers back and return the unmasked base model (scores dropped), as PEFT's.
+
+        The wrapper is consumed: using it afterwards is an error.
+        """
+        self._check_usable()
         for name, layer in [(n, m) for n, m in self.model.named_modules() if isinstance(m, MaskedLinear)]:
             self.model.set_submodule(name, layer.original())
+        self._consumed = "unload"
+        self.fixed_masks.clear()
         return self.model
 
     # ----- named masks -------------------------------------------------------------------
@@ -337,6 +380,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         model of its own around the same resident backbone. Refused, with the first mismatch
         named, when the mask was trained on another base.
         """
+        self._check_usable()
         if name in self.mask_names:
             raise ValueError(f"A mask named {name!r} is already loaded; delete_mask({name!r}) first.")
         if isinstance(repo_or_path, StoredMask):
@@ -371,6 +415,7 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         costs copying the head. All or nothing: if anything fails part-way, the model is left
         exactly as it was.
         """
+        self._check_usable()
         if name == self._active:
             return
         trainable = self._is_trainable_mask(name)
@@ -428,6 +473,8 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         A server collecting requests for many tasks runs one forward per group; ``None`` (no mask) goes
         with the active mask's head.
         """
+        if isinstance(mask_names, str) or not isinstance(mask_names, (list, tuple)):
+            raise TypeError(f"group_mask_names takes a list of mask names (or None), one per row; not {mask_names!r}.")
         groups: dict[tuple, list[int]] = {}
         for index, name in enumerate(mask_names):
             groups.setdefault(self._task_key(name), []).append(index)

@@ -78,6 +78,11 @@ class MaskRepoMixin:
     def to_stored_mask(self, mask_name: str | None = None) -> StoredMask:
         """The repo contents of a mask: the active one unless `mask_name` says otherwise."""
         name = mask_name or self._active
+        if name is None:
+            raise ValueError(
+                "This MaskedModel was built with trainable=False and has no loaded mask: there is nothing to save. "
+                "Build it with trainable=True to train a mask, or load_mask(repo, name) and save that."
+            )
         if name in self._stored:
             return self._stored[name]
         if not self._is_trainable_mask(name):
@@ -132,6 +137,7 @@ class MaskRepoMixin:
         A README.md the user wrote is kept, with only the Hub metadata added. ``push_to_hub=True``
         then uploads it (``repo_id`` and the other `push_to_hub` arguments go in `push_kwargs`).
         """
+        self._check_usable()
         if safe_serialization is not True:
             raise ValueError("hf-masking saves safetensors only (safe_serialization=False is not supported).")
         if push_kwargs and not push_to_hub:
@@ -164,6 +170,7 @@ class MaskRepoMixin:
         card_info: dict[str, Any] | None = None,
     ) -> str:
         """Upload the tiny mask repo to the Hub; returns the commit URL."""
+        self._check_usable()
         if sharding.is_sharded(self):
             raise RuntimeError(
                 "This model is sharded with FSDP: call save_pretrained(folder, is_main_process=...) on every rank, "

@@ -1,6 +1,8 @@
+import os
+
 import pytest
 import torch
-from conftest import build_model, random_batch
+from conftest import build_model, random_batch, train_a_little
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMultipleChoice,
@@ -211,3 +213,53 @@ def test_unload_restores_the_original_model():
     assert plain is base and not any(isinstance(m, MaskedLinear) for m in plain.modules())
     assert torch.equal(plain(**random_batch()).logits, expected)
     MaskedModel(plain)  # and it can be wrapped again
+
+
+def test_merge_shares_nothing_writable_in_either_direction():
+    model = train_a_little(MaskedModel(build_model(AutoModelForSequenceClassification)))
+    model.eval()
+    batch = random_batch()
+    before = model(**batch).logits.detach().clone()
+    merged = model.merge()
+    merged_before = merged(**batch).logits.detach().clone()
+    torch.testing.assert_close(merged_before, before, rtol=0, atol=1e-6)
+    owned = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not owned & {t.data_ptr() for t in [*merged.parameters(), *merged.buffers()]}
+    optimizer = torch.optim.SGD(merged.parameters(), lr=1.0)  # train the merged model hard
+    merged.train()
+    merged(**batch, labels=torch.zeros(len(batch["input_ids"]), dtype=torch.long)).loss.backward()
+    optimizer.step()
+    assert torch.equal(model(**batch).logits, before)  # the masked model and its base are untouched
+    with torch.no_grad():
+        for module in model.masked_modules().values():
+            module.mask_scores.mul_(-1)  # and changing the mask changes nothing in the merged model
+        merged.eval()
+    assert not torch.equal(merged(**batch).logits, merged_before)  # (it did train)
+
+
+@pytest.mark.parametrize("method", ["merge_and_unload", "unload"])
+def test_merge_and_unload_and_unload_consume_the_wrapper(method):
+    model = MaskedModel(build_model(AutoModelForSequenceClassification))
+    plain = getattr(model, method)()
+    assert not any(isinstance(m, MaskedLinear) for m in plain.modules())
+    uses = [
+        lambda: model(**random_batch()),
+        model.sparsity,
+        lambda: model.save_pretrained("unused"),
+        model.merge,
+        lambda: model.set_active_mask("default"),
+    ]
+    for use in uses:
+        with pytest.raises(RuntimeError, match=rf"consumed by {method}\(\).*from_pretrained"):
+            use()
+
+
+def test_unclear_uses_name_the_argument_and_the_problem(tmp_path):
+    with pytest.raises(TypeError, match="wraps a loaded model .*not str 'bert'"):
+        MaskedModel("bert")
+    frozen = MaskedModel(build_model(AutoModelForSequenceClassification), trainable=False)
+    with pytest.raises(ValueError, match="trainable=False and has no loaded mask"):
+        frozen.save_pretrained(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists() or not os.listdir(tmp_path / "nothing")
+    with pytest.raises(TypeError, match="a list of mask names"):
+        MaskedModel(build_model(AutoModelForSequenceClassification)).group_mask_names("m1")

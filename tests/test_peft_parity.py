@@ -190,6 +190,9 @@ def test_peft_names_work_or_say_what_to_use(task_masks):
     merged = model.merge_and_unload()
     assert type(merged).__name__ == "BertForSequenceClassification"
     torch.testing.assert_close(merged(**random_batch()).logits, expected["sst2"])
+    with pytest.raises(RuntimeError, match=r"consumed by merge_and_unload\(\)"):  # as PEFT's: the wrapper is spent
+        model(**random_batch())
+    model = MaskedModel.from_pretrained(root / "sst2")
     plain = load_quietly(AutoModelForSequenceClassification, base_dir, num_labels=2)
     with torch.no_grad():
         plain.classifier.weight.copy_(model.get_base_model().classifier.weight)
