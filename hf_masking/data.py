@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from datasets import Dataset, DatasetDict
@@ -114,6 +116,18 @@ def row_position(path: str, index: int) -> str:
     return f"row {index + 1}" if extension == "json" else f"sentence {index + 1}"
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _label_kind(value: Any) -> str:
+    """"number" for numbers and text that reads as one (a csv column mixing 0 and pos is all text), else "text"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "number"
+    if isinstance(value, str):
+        return "number" if _NUMBER.fullmatch(value.strip()) else "text"
+    return type(value).__name__
+
+
 def check_label_values(values: list, path: str, column: str) -> None:
     """Every label present and of one kind: a missing or mixed label would become a class of its own."""
     kinds: dict[str, int] = {}
@@ -124,7 +138,7 @@ def check_label_values(values: list, path: str, column: str) -> None:
             or (isinstance(value, float) and value != value)
         ):
             raise DataFileError(f"{path!r}, {row_position(path, i)}: column {column!r} has no label.")
-        kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+        kind = _label_kind(value)
         kinds.setdefault(kind, i)
         if len(kinds) > 1:
             (first_kind, first), (other_kind, other) = list(kinds.items())[:2]

@@ -221,6 +221,14 @@ def test_own_csv_and_json_files_no_masking_and_json_arguments(tmp_path, tiny_mod
             ["--train_file", "{tmp}/mixed.jsonl"],
             "mixed.jsonl': column 'label' mixes label types: 1 \\(number, line 1\\) and ",
         ),
+        (  # a csv column mixing 0/1 and pos/neg is read as text: still two kinds of label, not four classes
+            ["--train_file", "{tmp}/mixed.csv"],
+            "mixed.csv': column 'label' mixes label types: '0' \\(number, line 2\\) and 'pos' \\(text, line 4\\)",
+        ),
+        (
+            ["--train_file", "{tmp}/ints.csv", "--validation_file", "{tmp}/ints_dev.csv", "--do_eval"],
+            "ints_dev.csv', line 4: label 2 in column 'label' does not occur in the training file",
+        ),
         (
             ["--train_file", "{tmp}/train.csv", "--validation_file", "{tmp}/unseen.csv", "--do_eval"],
             "unseen.csv', line 3: label 'neutral' in column 'label' does not occur in the training file .*train.csv",
@@ -236,6 +244,9 @@ def test_bad_input_fails_before_training(tmp_path, tiny_model, monkeypatch, chan
     write(tmp_path / "blank.csv", "text,label\nthe movie,pos\na plot,\n")
     write(tmp_path / "mixed.jsonl", '{"text": "the movie", "label": 1}\n{"text": "a plot", "label": "pos"}\n')
     write(tmp_path / "unseen.csv", "text,label\nthe movie,pos\na plot,neutral\n")
+    write(tmp_path / "mixed.csv", "text,label\nthe movie,0\na plot,1\nit was,pos\nthe film,neg\n")
+    write(tmp_path / "ints.csv", "text,label\nthe movie,0\na plot,1\n")
+    write(tmp_path / "ints_dev.csv", "text,label\nthe movie,0\na plot,1\nit was,2\n")
     write(tmp_path / "sst2.tsv", "sentence\tlabel\nthe movie\t1\na plot\t7\n")
     out = tmp_path / "out"
     change = [c.replace("{tmp}", str(tmp_path)) for c in change]
