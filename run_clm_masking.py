@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from hf_masking.arguments import MaskingArguments, ModelArguments
-from hf_masking.data import DataFileError, check_file
+from hf_masking.data import DataFileError, check_file, check_text_file
 from hf_masking.scripts import (
     callbacks_for,
     optimizer_for,
@@ -130,6 +130,8 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: CausalLMMode
             raise DataFileError(
                 f"--train_file and --validation_file must have the same format; got {sorted(files.values())}."
             )
+        for split, path in files.items():
+            check_text_file(path, f"{split}_file")
         source = {"txt": "text", "jsonl": "json"}.get(extension, extension)
         kwargs = {"data_files": files}
         if source == "text":

@@ -6,13 +6,13 @@ shapes and digests of the base's tensors, and the config and seed its initial ma
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import codec, targets
@@ -90,7 +90,7 @@ def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
     report = sparsity_report(counts, lambda name: layout[name][0])
     tensors = [tensor_record(t) for t in stored.record["base_fingerprint"]["tensors"].values()]
     base_bytes = sum(
-        int(np.prod(t["shape"], dtype=np.int64)) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()
+        math.prod(int(n) for n in t["shape"]) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()
         for t in tensors
     )
     head_bytes = sum(t.numel() * t.element_size() for t in stored.head.values())

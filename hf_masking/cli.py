@@ -22,6 +22,7 @@ from typing import Any
 
 from . import analysis
 from .ensemble import COMBINES
+from .hub import looks_like_local_path
 
 
 def _write_json(path: str | None, payload: Any) -> None:
@@ -158,7 +159,43 @@ def plot_dissimilarity(values: dict[str, float | None], title: str, path: str) -
 def _load_masked(args: argparse.Namespace, repo: str):
     from .model import MaskedModel
 
-    return MaskedModel.from_pretrained(repo, args.revision, args.token, base_model=args.base_model)
+    base_model = _model_source(args.base_model, "--base_model")
+    return MaskedModel.from_pretrained(repo, args.revision, args.token, base_model=base_model)
+
+
+def _model_source(value: str | None, flag: str) -> str | None:
+    """A folder that exists or a Hub id, else an error naming the flag (not transformers' repo-id message)."""
+    if value is None:
+        return None
+    if looks_like_local_path(value) and not os.path.isdir(value):
+        raise FileNotFoundError(f"{flag} {value}: no such folder.")
+    if not os.path.isdir(value):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError:
+            raise FileNotFoundError(f"{flag} {value!r} is neither a folder nor a Hub repo id ('owner/name').") from None
+    return value
+
+
+# Above this fraction of unknown tokens, a tokenizer is not the one the model was trained with.
+MAX_UNKNOWN = 0.5
+
+
+def check_tokenizer_encodes(tokenizer: Any, texts: list[str], source: str) -> None:
+    """Refuse a tokenizer that turns most of the data into its unknown token: its answers would mean nothing."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return
+    ids = [i for text in texts[:500] for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    share = sum(i == unknown for i in ids) / max(len(ids), 1)
+    if share > MAX_UNKNOWN:
+        raise ValueError(
+            f"The tokenizer from {source} turns {share:.0%} of the --data tokens into its unknown token "
+            f"{tokenizer.unk_token!r}: it is not the tokenizer this model was trained with. Pass --tokenizer "
+            "(the base model's)."
+        )
 
 
 def _labelled_data(args: argparse.Namespace, model, max_rows: int | None = None):
@@ -172,7 +209,13 @@ def _labelled_data(args: argparse.Namespace, model, max_rows: int | None = None)
     if max_rows:
         data = data.head(max_rows)
     gold = evaluation.gold_ids(data.labels, id2label, _label_map(args.label_map))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model or model.get_base_model().name_or_path)
+    source = _model_source(args.tokenizer, "--tokenizer") or args.base_model or model.get_base_model().name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise OSError(f"No tokenizer could be loaded from {source} ({err}); pass --tokenizer.") from None
+    texts = list(data.first) + list(data.second or [])
+    check_tokenizer_encodes(tokenizer, texts, source)
     return data, gold, id2label, tokenizer
 
 
@@ -214,7 +257,7 @@ def interpolate_command(args: argparse.Namespace) -> None:
 
     masked = _load_masked(args, args.mask)
     merged = masked.merge().eval()  # gamma = 1: W0 ⊙ M, the masked model as a plain one
-    finetuned = AutoModelForSequenceClassification.from_pretrained(args.finetuned).eval()
+    finetuned = AutoModelForSequenceClassification.from_pretrained(_model_source(args.finetuned, "--finetuned")).eval()
     data, gold, _, tokenizer = _labelled_data(args, masked)
     gold = torch.from_numpy(gold)
 
@@ -287,7 +330,8 @@ def embed_command(args: argparse.Namespace) -> None:
     with masked.disable_masks():
         found = {"pretrained": features(masked)}
     if args.finetuned:
-        found["finetuned"] = features(AutoModelForSequenceClassification.from_pretrained(args.finetuned))
+        source = _model_source(args.finetuned, "--finetuned")
+        found["finetuned"] = features(AutoModelForSequenceClassification.from_pretrained(source))
     found["masked"] = features(masked)
     results: dict[str, Any] = {"labels": [id2label[int(i)] for i in gold], "models": {}}
     print(f"{len(gold)} rows; linear-probe accuracy of the top block's [CLS] representation (5-fold):")
@@ -321,6 +365,49 @@ def plot_embeddings(results: dict[str, Any], path: str) -> None:
     print(f"wrote {path}")
 
 
+def _at_least(least: int):
+    """An argparse type: an integer >= `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+        return value
+
+    return parse
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def _figure_path(text: str) -> str:
+    """An argparse type: a file to write a figure to, named with the format it is written in."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name such as {text.rstrip('/')}/plot.png")
+    extension = text.rsplit(".", 1)[-1].lower() if "." in os.path.basename(text) else ""
+    if extension not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name the file with its format, one of .{', .'.join(FIGURE_FORMATS)}"
+        )
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text!r}: the folder {parent} does not exist")
+    return text
+
+
+def _output_path(text: str) -> str:
+    """An argparse type: a file to write (not a folder, in a folder that exists)."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name such as {text.rstrip('/')}/out.json")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text!r}: the folder {parent} does not exist")
+    return text
+
+
 def _data_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--data", required=True, help="a labelled file: GLUE's own (with --task_name), csv, tsv, json(l)")
     sub.add_argument("--task_name", help="read --data as this GLUE task's file as distributed")
@@ -331,11 +418,11 @@ def _data_arguments(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--base_model", help="the base (folder or id) instead of the one the masks record")
     sub.add_argument("--tokenizer", help="default: the base model's")
-    sub.add_argument("--batch_size", type=int, default=32)
-    sub.add_argument("--max_seq_length", type=int, default=128)
+    sub.add_argument("--batch_size", type=_at_least(1), default=32)
+    sub.add_argument("--max_seq_length", type=_at_least(2), default=128)
     sub.add_argument("--revision", help="a Hub revision of the mask repos")
     sub.add_argument("--token", help="a Hub token for private repos")
-    sub.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    sub.add_argument("--json", metavar="PATH", type=_output_path, help="write the results as JSON to PATH")
 
 
 def _id2label(model, name: str) -> dict[int, str]:
@@ -360,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser, plot_help: str) -> None:
         sub.add_argument("--revision", help="a Hub revision (branch, tag or commit) of the repo(s)")
         sub.add_argument("--token", help="a Hub token for private repos")
-        sub.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-        sub.add_argument("--plot", metavar="PATH.png", help=plot_help)
+        sub.add_argument("--json", metavar="PATH", type=_output_path, help="write the results as JSON to PATH")
+        sub.add_argument("--plot", metavar="PATH.png", type=_figure_path, help=plot_help)
 
     inspect = commands.add_parser(
         "inspect",
@@ -405,9 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     interpolate.add_argument("--finetuned", required=True, help="a finetuned model folder (or Hub id)")
     interpolate.add_argument("--mask", required=True, help="a mask repo of the same base and task")
-    interpolate.add_argument("--points", type=int, default=11, help="gamma values from 0 to 1 (default 11)")
+    interpolate.add_argument(
+        "--points", type=_at_least(2), default=11, help="gamma values from 0 to 1, both included (default 11)"
+    )
     interpolate.add_argument("--from-pretrained", "--from_pretrained", dest="from_pretrained", action="store_true")
-    interpolate.add_argument("--plot", metavar="PATH.png", help="accuracy along each line (paper Figure 6)")
+    interpolate.add_argument(
+        "--plot", metavar="PATH.png", type=_figure_path, help="accuracy along each line (paper Figure 6)"
+    )
     _data_arguments(interpolate)
     interpolate.set_defaults(run=interpolate_command)
 
@@ -420,8 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--mask", required=True, help="a mask repo (its base is the pretrained model)")
     embed.add_argument("--finetuned", help="a finetuned model folder (or Hub id) of the same base")
-    embed.add_argument("--max_rows", type=int, default=1000, help="use the first N rows (t-SNE is quadratic)")
-    embed.add_argument("--plot", metavar="PATH.png", help="one t-SNE panel per model (paper Figure 4)")
+    embed.add_argument("--max_rows", type=_at_least(2), default=1000, help="use the first N rows (t-SNE is quadratic)")
+    embed.add_argument(
+        "--plot", metavar="PATH.png", type=_figure_path, help="one t-SNE panel per model (paper Figure 4)"
+    )
     _data_arguments(embed)
     embed.set_defaults(run=embed_command)
 
@@ -456,6 +549,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (MaskRepoError, BaseModelMismatchError, OSError, ValueError) as err:
         print(f"hf-masking {args.command}: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except SystemExit as stop:  # a command's own refusal: a usage error like the others, exit status 2
+        if isinstance(stop.code, str):
+            print(f"hf-masking {args.command}: {stop.code}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ every decode, so a context that does not regenerate exactly fails loudly.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -405,7 +406,7 @@ def _verified_plain(encoded: EncodedMask) -> tuple[np.ndarray, int, int]:
 
 
 def _check_numel(encoded: EncodedMask, numel: int) -> None:
-    expected = int(np.prod(encoded.shape, dtype=np.int64))
+    expected = math.prod(int(n) for n in encoded.shape)  # exact: numpy's int64 product wraps ([2**40, 2**40] -> 0)
     if numel != expected:
         raise MaskCodecError(f"mask data holds {numel} values but its shape {list(encoded.shape)} needs {expected}")
 

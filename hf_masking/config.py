@@ -119,6 +119,23 @@ class MaskingConfig:
         metadata={"help": "Seed of the score initialisation: the same config and seed give the same initial mask."},
     )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A field set after construction is checked like one given to the constructor (and kept only if valid)."""
+        checked = self.__dict__.get("_checked", False)
+        if not checked or name not in self.__dataclass_fields__:
+            object.__setattr__(self, name, value)
+            return
+        before = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "_checked", False)
+        try:
+            self.__post_init__()
+        except BaseException:
+            object.__setattr__(self, name, before)
+            raise
+        finally:
+            object.__setattr__(self, "_checked", True)
+
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, allowed: str) -> ValueError:
             return ValueError(f"MaskingConfig.{name}={value!r} is invalid: {allowed}.")
@@ -140,12 +157,21 @@ class MaskingConfig:
             raise bad("head", self.head, f"expected one of {list(HEAD_MODES)}")
         if not isinstance(self.binarizer, str) or self.binarizer not in BINARIZERS:
             raise bad("binarizer", self.binarizer, f"expected one of {list(BINARIZERS)}")
-        low, high = self.init_range
-        if not (math.isfinite(high) and abs(high) < _SCORE_LIMIT and abs(self.threshold) < _SCORE_LIMIT):
+        if abs(self.threshold) >= _SCORE_LIMIT:
+            raise bad("threshold", self.threshold, f"scores are fp32: keep it within +-{_SCORE_LIMIT:.0e}")
+        if self.init_scale >= _SCORE_LIMIT:
+            raise bad("init_scale", self.init_scale, f"scores are fp32: keep it below {_SCORE_LIMIT:.0e}")
+        try:
+            high = self.init_range[1]
+        except (OverflowError, ZeroDivisionError):
+            high = math.inf
+        if not (math.isfinite(high) and abs(high) < _SCORE_LIMIT):
             raise bad(
-                "threshold",
-                self.threshold,
-                f"the scores' initial range [{low:.3g}, {high:.3g}] must stay within +-{_SCORE_LIMIT:.0e}",
+                "initial_sparsity",
+                self.initial_sparsity,
+                f"with init_scale={self.init_scale:g} and threshold={self.threshold:g} the initial scores would reach "
+                f"(init_scale + threshold) / initial_sparsity - init_scale = {high:.3g}, beyond fp32's safe "
+                f"+-{_SCORE_LIMIT:.0e}: use a larger initial_sparsity",
             )
         if self.layers is not None:
             if not isinstance(self.layers, (list, tuple)):
@@ -176,6 +202,7 @@ class MaskingConfig:
         for name in ("mask_pooler", "mask_classifier"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, getattr(self, name), "expected true or false")
+        object.__setattr__(self, "_checked", True)
 
     @property
     def init_range(self) -> tuple[float, float]:

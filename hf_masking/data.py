@@ -62,12 +62,39 @@ def check_file(path: str | None, what: str, extensions: tuple[str, ...] = EXTENS
     """Fail early and clearly on a missing file or an extension no reader handles; returns the extension."""
     if path is None:
         return None
+    if os.path.isdir(path):
+        raise DataFileError(f"--{what} {path!r} is a folder; give a data file in it.")
     if not os.path.isfile(path):
         raise DataFileError(f"--{what} {path!r}: no such file.")
     extension = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
     if extension not in extensions:
         raise DataFileError(f"--{what} {path!r}: unknown extension {extension!r}; expected one of {list(extensions)}.")
     return extension
+
+
+def check_text_file(path: str, what: str) -> None:
+    """A data file that holds UTF-8 text and something besides whitespace, or an error naming it and the flag."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    seen_text, offset = False, 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise DataFileError(
+                    f"--{what} {path!r} is not UTF-8 text: byte {offset + err.start} is {chunk[err.start]:#04x}. Save "
+                    "it as UTF-8."
+                ) from None
+            seen_text = seen_text or bool(text.strip())
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataFileError(f"--{what} {path!r} is not UTF-8 text: it ends inside a character.") from None
+    if not seen_text:
+        raise DataFileError(f"--{what} {path!r} is empty: there is no text in it to train or evaluate on.")
 
 
 def _read_tsv(path: str, header: bool) -> pd.DataFrame:
@@ -201,7 +228,10 @@ def read_glue_file(path: str, task_name: str) -> pd.DataFrame:
 
 
 def load_files(
-    files: dict[str, str | None], task_name: str | None = None, label_column: str | None = None
+    files: dict[str, str | None],
+    task_name: str | None = None,
+    label_column: str | None = None,
+    flags: dict[str, str] | None = None,
 ) -> DatasetDict:
     """Read the given splits (``{"train": path, ...}``, None entries skipped) into a DatasetDict.
 
@@ -212,7 +242,7 @@ def load_files(
     for split, path in files.items():
         if path is None:
             continue
-        check_file(path, f"{split}_file")
+        check_file(path, (flags or {}).get(split, f"{split}_file"))
         frame = read_glue_file(path, task_name) if task_name else read_table(path)
         if len(frame) == 0:
             raise DataFileError(f"{path!r} has no data rows" + (" (only a header)." if len(frame.columns) else "."))

@@ -37,7 +37,8 @@ def read_labelled(
     """A classification file: GLUE's own format with `task_name`, else csv/tsv/json(l) with a label column."""
     if task_name is not None and task_name not in GLUE:
         raise ValueError(f"task_name {task_name!r} is not a GLUE task {sorted(GLUE)}.")
-    data = load_files({"validation": path}, task_name, "label" if task_name else label_column)["validation"]
+    column = "label" if task_name else label_column
+    data = load_files({"validation": path}, task_name, column, flags={"validation": "data"})["validation"]
     column = "label" if task_name else label_column
     if column not in data.column_names:
         raise DataFileError(f"{path!r} has no label column {column!r} (columns: {data.column_names}).")

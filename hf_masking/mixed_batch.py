@@ -184,7 +184,12 @@ def _check_mask_names(mask_names: Any, batch_size: int | None) -> list[str | Non
     bad = [n for n in mask_names if n is not None and not isinstance(n, str)]
     if bad:
         raise TypeError(f"mask_names holds {bad[0]!r}; each entry is a mask name or None.")
-    if batch_size is None or len(mask_names) != batch_size:
+    if batch_size is None:
+        raise ValueError(
+            "mask_names names a mask per example, but this call has no inputs to count examples in: pass input_ids "
+            "(or inputs_embeds) with it."
+        )
+    if len(mask_names) != batch_size:
         raise ValueError(f"mask_names has {len(mask_names)} names for a batch of {batch_size} examples; give one each.")
     return list(mask_names)
 

@@ -148,8 +148,20 @@ class MaskedModel(MaskRepoMixin, nn.Module):
         if mask_names is not None:
             return self._forward_rows(mask_names, args, kwargs)
         if self.training and torch.is_grad_enabled():
+            self._check_trainable_now()
             self._warn_if_trained_without_callback()
         return self.model(*args, **kwargs)
+
+    def _check_trainable_now(self) -> None:
+        """Training with a loaded (fixed) mask active trains nothing: say so instead of a gradient error later."""
+        if self._is_trainable_mask(self._active) or any(p.requires_grad for p in self.parameters()):
+            return
+        raise RuntimeError(
+            f"Training with the loaded mask {self._active!r} active: a loaded mask is fixed and nothing else here "
+            "trains. To train it further, load it with MaskedModel.from_pretrained(repo, is_trainable=True); to "
+            "train this model's own mask, set_active_mask('default') (when it was built trainable). For inference, "
+            "call model.eval() or use torch.no_grad()."
+        )
 
     def generate(self, *args: Any, mask_names: list[str | None] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's ``generate``; with `mask_names` (one per prompt) each sequence keeps its own mask."""

@@ -7,6 +7,7 @@ the transfer `hub`'s.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -291,10 +292,16 @@ def _load_base(record: dict[str, Any], base_model: str | None, token: Any, base_
     import transformers
 
     head_class = head_class_for(record["head_class"])
+    if base_model is not None and not isinstance(base_model, (str, os.PathLike)):
+        raise TypeError(
+            f"base_model must be a folder, a Hub id or a loaded model (nn.Module), not {type(base_model).__name__} "
+            f"{base_model!r}."
+        )
     source = os.fspath(base_model) if base_model is not None else record["base_model_name_or_path"]
     if source is None:
         raise ValueError("The mask repo names no base model; pass base_model=... to from_pretrained.")
     hub.check_base_source(source)
+    _check_base_type(source, record, "base_model" if base_model is not None else "the recorded base")
     kwargs = dict(base_kwargs)
     if base_model is None and record.get("base_model_revision") and not os.path.isdir(source):
         kwargs["revision"] = record["base_model_revision"]
@@ -303,5 +310,31 @@ def _load_base(record: dict[str, Any], base_model: str | None, token: Any, base_
     transformers.logging.set_verbosity_error()  # the head is "newly initialised": expected, it is replaced
     try:
         return head_class.from_pretrained(source, token=token, **labels, **kwargs)
+    except OSError as err:
+        if base_model is None and not os.path.isdir(source):
+            raise OSError(
+                f"The mask records its base as {source!r}, which is no folder here ({os.getcwd()}) and could not be "
+                f"loaded from the Hub ({err}). If it was a folder (a path relative to where the mask was trained), "
+                "pass base_model=<that folder>."
+            ) from err
+        raise
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+def _check_base_type(source: str, record: dict[str, Any], what: str) -> None:
+    """A local base folder of another architecture is named as such (transformers' own error is obscure)."""
+    config_path = os.path.join(source, "config.json")
+    if not os.path.isfile(config_path):
+        return
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    wanted = record.get("model_type")
+    if wanted and model_type and model_type != wanted:
+        raise BaseModelMismatchError(
+            f"{what} {source} is a {model_type} model; the mask was trained on a {wanted} "
+            f"({record.get('base_model_name_or_path')}). Pass the base it was trained on."
+        )

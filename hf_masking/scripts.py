@@ -55,6 +55,24 @@ def set_masking_learning_rate(training_args: TrainingArguments, masking_args: An
     # MaskingCallback checks that when training starts (hf_masking.reach).
 
 
+def check_model_sources(arguments: Any) -> None:
+    """--model_name_or_path, --config_name, --tokenizer_name: a folder that exists or a Hub id, said clearly."""
+    from .hub import looks_like_local_path
+
+    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
+        value = getattr(arguments, name, None)
+        if not value or os.path.isdir(value):
+            continue
+        if looks_like_local_path(value):
+            raise ValueError(f"--{name} {value}: no such folder.")
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError:
+            raise ValueError(f"--{name} {value!r} is neither a folder nor a Hub model id ('owner/name').") from None
+
+
 def check_hub_reachable(training_args: TrainingArguments) -> None:
     """With --push_to_hub, make sure the Hub can be reached and a token is there before any work starts."""
     if not training_args.push_to_hub:
@@ -87,9 +105,21 @@ def parse_and_set_up(parser: HfArgumentParser, script_logger: logging.Logger) ->
     """
     json_file = os.path.abspath(sys.argv[1]) if len(sys.argv) == 2 and sys.argv[1].endswith(".json") else None
     if json_file is not None:
-        parsed = parser.parse_json_file(json_file)
+        try:
+            parsed = parser.parse_json_file(json_file)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"The arguments file {json_file} is not valid JSON: {err.msg} at line {err.lineno}, column "
+                f"{err.colno}."
+            ) from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"The arguments file {json_file} is not UTF-8 text ({err.reason}).") from None
+        except FileNotFoundError:
+            raise ValueError(f"The arguments file {json_file} does not exist.") from None
     else:
         parsed = parser.parse_args_into_dataclasses()
+    for arguments in parsed:
+        check_model_sources(arguments)
     training_args = next(a for a in parsed if isinstance(a, TrainingArguments))
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",

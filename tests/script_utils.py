@@ -28,7 +28,7 @@ def save_tiny_model(directory, seed: int = 0) -> str:
     vocab_file = os.path.join(directory, "vocab.txt")
     with open(vocab_file, "w") as handle:
         handle.write("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True, model_max_length=64).save_pretrained(directory)
+    BertTokenizerFast(vocab=vocab_file, do_lower_case=True, model_max_length=64).save_pretrained(directory)
     torch.manual_seed(seed)
     AutoModel.from_config(tiny_config("bert", vocab_size=len(vocab), pad_token_id=0)).save_pretrained(directory)
     return str(directory)
@@ -45,7 +45,7 @@ def save_tiny_decoder(directory, model_type: str = "llama", seed: int = 0) -> st
             os.remove(os.path.join(directory, name))
     # No token_type_ids: GPT-2 would add them to its input embeddings as a decoder tokenizer never does.
     tokenizer = BertTokenizerFast(
-        vocab_file=os.path.join(directory, "vocab.txt"),
+        vocab=os.path.join(directory, "vocab.txt"),
         model_max_length=64,
         model_input_names=["input_ids", "attention_mask"],
     )

@@ -331,3 +331,56 @@ def test_embed_probes_the_representations_each_model_gives(sentiment, finetuned,
         )
         assert torch.tensor(results["models"][name]["tsne"]).shape == (len(rows), 2)
     assert (tmp_path / "e.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["interpolate", "--finetuned", "F", "--mask", "M", "--data", "D", "--points", "0"], "must be at least 2"),
+        (["interpolate", "--finetuned", "F", "--mask", "M", "--data", "D", "--points", "-3"], "must be at least 2"),
+        (["interpolate", "--finetuned", "F", "--mask", "M", "--data", "D", "--points", "1"], "must be at least 2"),
+        (["embed", "--mask", "M", "--data", "D", "--max_rows", "0"], "must be at least 2"),
+        (["embed", "--mask", "M", "--data", "D", "--max_rows", "-5"], "must be at least 2"),
+        (["evaluate", "M", "--data", "D", "--batch_size", "0"], "must be at least 1"),
+        (["evaluate", "M", "--data", "D", "--batch_size", "-1"], "must be at least 1"),
+        (["evaluate", "M", "--data", "D", "--batch_size", "two"], "expected a whole number"),
+        (["inspect", "M", "--plot", "{tmp}"], "is a folder; give a file name"),
+        (["inspect", "M", "--plot", "{tmp}/figure"], "name the file with its format"),
+        (["inspect", "M", "--plot", "{tmp}/no/such/dir/f.png"], "does not exist"),
+        (["inspect", "M", "--json", "{tmp}"], "is a folder"),
+    ],
+)
+def test_bad_numbers_and_paths_are_refused_at_parse_time(tmp_path, capsys, command, message):
+    with pytest.raises(SystemExit) as stop:
+        main([part.replace("{tmp}", str(tmp_path)) for part in command])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_evaluate_says_which_flag_is_wrong_and_exits_2(sentiment, tmp_path, capsys):
+    root, _ = sentiment
+    mask, data = str(root / "m0"), str(root / "dev.tsv")
+    for command, message in [
+        (["evaluate", mask, "--data", str(tmp_path / "missing.tsv")], "--data '"),
+        (["evaluate", mask, "--data", str(tmp_path)], "is a folder"),
+        (["evaluate", mask, "--data", data, "--tokenizer", "/no/such/tokenizer"], "--tokenizer /no/such/tokenizer: no"),
+        (["evaluate", mask, "--data", data, "--base_model", "/no/such/base"], "--base_model /no/such/base: no such"),
+        (["interpolate", "--finetuned", "/no/such/model", "--mask", mask, "--data", data], "--finetuned /no/such"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main(command)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and "--validation_file" not in err, (command, err)
+
+
+def test_evaluate_refuses_a_tokenizer_that_cannot_encode_the_data(sentiment, tmp_path, capsys):
+    """A base folder whose tokenizer is not the model's (here: a vocabulary of a handful of tokens)."""
+    from transformers import BertTokenizerFast
+
+    root, _ = sentiment
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+    BertTokenizerFast(vocab=str(tmp_path / "tok" / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(root / "m0"), "--data", str(root / "dev.tsv"), "--tokenizer", str(tmp_path / "tok")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "into its unknown token '[UNK]'" in err and "Pass --tokenizer" in err
