@@ -90,8 +90,7 @@ def inspect_mask(stored: StoredMask, folder: str | None = None) -> MaskReport:
     report = sparsity_report(counts, lambda name: layout[name][0])
     tensors = [tensor_record(t) for t in stored.record["base_fingerprint"]["tensors"].values()]
     base_bytes = sum(
-        math.prod(int(n) for n in t["shape"]) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size()
-        for t in tensors
+        math.prod(int(n) for n in t["shape"]) * torch.empty(0, dtype=_dtype(t["dtype"])).element_size() for t in tensors
     )
     head_bytes = sum(t.numel() * t.element_size() for t in stored.head.values())
     sizes = {"mask_in_memory": stored.nbytes, "full_model": base_bytes + head_bytes}

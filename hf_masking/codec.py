@@ -170,6 +170,20 @@ def encode(mask: torch.Tensor, context: InitContext | None = None) -> EncodedMas
     return EncodedMask(data, tuple(mask.shape), digest, context)
 
 
+def is_conditional(encoded: EncodedMask) -> bool:
+    """Whether decoding `encoded` regenerates the layer's initial scores (rice-gaps-by-init data)."""
+    return encoded.data[:4] == _MAGIC3
+
+
+def plain(positions: np.ndarray, minority: int, numel: int, shape: tuple[int, ...], digest: str) -> EncodedMask:
+    """The context-free code of already-decoded positions: what a loaded mask keeps after its first decode,
+    so that decoding again (after a cache eviction, or with the cache off) needs no initial scores."""
+    positions = np.asarray(positions, dtype=np.int64)
+    k, unary_bits, body = _rice_encode(_gaps(positions))
+    header = _HEADER.pack(_MAGIC, CODEC_VERSION, minority, k, numel, positions.size, unary_bits, zlib.crc32(body))
+    return EncodedMask(header + body, tuple(shape), digest, None)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:

@@ -147,7 +147,7 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _label_kind(value: Any) -> str:
-    """"number" for numbers and text that reads as one (a csv column mixing 0 and pos is all text), else "text"."""
+    """ "number" for numbers and text that reads as one (a csv column mixing 0 and pos is all text), else "text"."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "number"
     if isinstance(value, str):

@@ -251,4 +251,10 @@ class FixedMask:
     cache: FixedMaskCache
 
     def decoded(self, device: torch.device) -> DecodedMask:
-        return self.cache.get(self.mask_name, self.module_name, self.encoded, device)
+        decoded = self.cache.get(self.mask_name, self.module_name, self.encoded, device)
+        if codec.is_conditional(self.encoded):  # decode once from the initial scores, later from the positions
+            positions = decoded.positions.cpu().numpy()
+            self.encoded = codec.plain(
+                positions, decoded.minority, decoded.numel, self.encoded.shape, self.encoded.digest
+            )
+        return decoded

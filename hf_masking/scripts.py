@@ -109,8 +109,7 @@ def parse_and_set_up(parser: HfArgumentParser, script_logger: logging.Logger) ->
             parsed = parser.parse_json_file(json_file)
         except json.JSONDecodeError as err:
             raise ValueError(
-                f"The arguments file {json_file} is not valid JSON: {err.msg} at line {err.lineno}, column "
-                f"{err.colno}."
+                f"The arguments file {json_file} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}."
             ) from None
         except UnicodeDecodeError as err:
             raise ValueError(f"The arguments file {json_file} is not UTF-8 text ({err.reason}).") from None

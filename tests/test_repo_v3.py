@@ -113,3 +113,33 @@ def test_a_damaged_conditional_stream_in_a_resealed_repo_is_refused(tmp_path):
     with pytest.raises(MaskRepoError, match=f"the mask of {name} is unusable: mask data is corrupted"):
         MaskedModel.from_pretrained(tmp_path / "mask")
     assert metadata["masks"][name]["digest"] == stored.masks[name].digest
+
+
+def test_a_loaded_mask_regenerates_initial_scores_once_even_with_the_cache_off(tmp_path, monkeypatch):
+    """Format 3 decodes given the initial scores; after the first decode a layer keeps the plain code,
+    so the cache off (decode on every call) does not regenerate them on every forward."""
+    from conftest import load_quietly, random_batch, save_pretrained_base, train_a_little
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_masking import MaskedModel, MaskingConfig, binarizer, codec
+
+    base = load_quietly(AutoModelForSequenceClassification, save_pretrained_base(tmp_path / "base"))
+    model = train_a_little(MaskedModel(base, MaskingConfig(seed=4)))
+    model.save_pretrained(tmp_path / "mask")
+    loaded = MaskedModel.from_pretrained(tmp_path / "mask")
+    assert any(codec.is_conditional(e) for e in loaded.to_stored_mask().masks.values())
+    loaded.fixed_masks.max_bytes = 0
+    draws = []
+    real = binarizer.init_draw
+    monkeypatch.setattr(binarizer, "init_draw", lambda *a, **k: draws.append(1) or real(*a, **k))
+    batch = random_batch()
+    first = loaded(**batch).logits
+    after_first = len(draws)
+    assert after_first > 0
+    for _ in range(3):
+        assert torch.equal(loaded(**batch).logits, first)
+    assert len(draws) == after_first  # no regeneration after the first decode of each layer
+    torch.testing.assert_close(first, model.eval()(**batch).logits, rtol=0, atol=1e-6)
+    loaded.save_pretrained(tmp_path / "again")  # the repo still saves in format 3, as loaded
+    saved = (tmp_path / "mask" / "mask.safetensors").read_bytes()
+    assert (tmp_path / "again" / "mask.safetensors").read_bytes() == saved
