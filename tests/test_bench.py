@@ -203,3 +203,23 @@ def test_ablation_variants_are_separate_setups_and_get_a_row_each():
     assert "| defaults | 79.0 ± 1.4 | +0.0 | 10 | 370,000 |" in section
     assert "| top two | 76.0 ± 1.4 | -3.0 | 10 | 160,000 |" in section
     assert "learning rate 0.008" in section and "seeds [0, 1]" in section
+
+
+def test_the_gpu_check_runs_on_cpu_in_its_small_form(tmp_path):
+    """bench/gpu_check.py is known to work before any GPU is seen: the CI-sized run, on CPU."""
+    out = tmp_path / "gpu_check.json"
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "gpu_check.py")
+    result = subprocess.run(
+        [sys.executable, script, "--device", "cpu", "--small", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["correctness"]) == {
+        f"{case}/{dtype}" for case in ("bert-sequence-classification", "gpt2-causal-lm") for dtype in ("float32", "bfloat16")
+    }
+    assert all(entry["ok"] for entry in report["correctness"].values())
+    assert report["correctness"]["gpt2-causal-lm/float32"]["generate_equal"]
+    assert report["training_bf16"]["ok"] and report["training_bf16"]["mask_changed"] > 0
+    assert all(entry["ratio"] > 0 for entry in report["throughput"].values())
+    assert set(report["kernels"]) == {"8 tokens", "128 tokens"}
