@@ -215,9 +215,8 @@ def test_the_gpu_check_runs_on_cpu_in_its_small_form(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["correctness"]) == {
-        f"{case}/{dtype}" for case in ("bert-sequence-classification", "gpt2-causal-lm") for dtype in ("float32", "bfloat16")
-    }
+    cases = ("bert-sequence-classification", "gpt2-causal-lm")
+    assert set(report["correctness"]) == {f"{case}/{dtype}" for case in cases for dtype in ("float32", "bfloat16")}
     assert all(entry["ok"] for entry in report["correctness"].values())
     assert report["correctness"]["gpt2-causal-lm/float32"]["generate_equal"]
     assert report["training_bf16"]["ok"] and report["training_bf16"]["mask_changed"] > 0
