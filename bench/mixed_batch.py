@@ -10,6 +10,7 @@ The masks are random masks at 8% sparsity (the SST-2 demo mask has 8.3%). ``--ke
 sweep behind `hf_masking.fixed_mask`'s choice between its dense and sparse kernels.
 
     python bench/mixed_batch.py [--models minilm bert-base] [--lengths 128 8] [--repeats 3] [--kernels]
+    python bench/mixed_batch.py --many   # 1, 2, 4, 11, 32, 100 masks loaded, rows spread over all of them
 """
 
 from __future__ import annotations
@@ -148,15 +149,59 @@ def dense_kernel(decoded, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     return F.linear(x, decoded.apply_to(weight))
 
 
+MANY = (1, 2, 4, 11, 32, 100)
+
+
+def many_masks(name: str, repeats: int, rows: int = 32, length: int = 32) -> None:
+    """Masks loaded 1…100, the rows of each batch spread over all of them (a different slice per batch):
+    time per mixed forward / the plain base forward, and resident memory (RSS) with the cache's bytes."""
+    import psutil
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    process = psutil.Process()
+    base = build(name).eval()
+    vocab = base.config.vocab_size
+    batch = {"input_ids": torch.randint(1000, vocab, (rows, length), generator=torch.Generator().manual_seed(0))}
+    rss_base = process.memory_info().rss
+    with torch.no_grad():
+        plain = timed(partial(base, **batch), repeats)
+    print(f"\n{name}: {rows} rows x {length} tokens, base forward {plain * 1000:.1f} ms, RSS {rss_base / 2**20:.0f} MB")
+    print(f"  {'masks':>5} {'ms':>8} {'x base':>7} {'repo MB':>8} {'cache MB':>9} {'RSS - base MB':>14}")
+    for count in MANY:
+        model = masked_models(base, count)
+        repo = sum(e.nbytes for n in model.mask_names for e in model.to_stored_mask(n).masks.values())
+        turn = iter(range(10**9))
+
+        def forward(model=model, count: int = count, turn=turn) -> None:
+            start = next(turn) * rows
+            names = [f"m{(start + i) % count}" for i in range(rows)]
+            model(**batch, mask_names=names)
+
+        with torch.no_grad():
+            mixed = timed(forward, repeats)
+        rss = process.memory_info().rss
+        cache = model.fixed_masks.nbytes
+        print(
+            f"  {count:5d} {mixed * 1000:8.1f} {mixed / plain:6.2f}x {repo / 2**20:8.1f} {cache / 2**20:9.1f} "
+            f"{(rss - rss_base) / 2**20:14.0f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[128, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kernels", action="store_true")
+    parser.add_argument("--many", action="store_true", help="only the 1…100 masks loaded table (BERT-base shape)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    if args.many:
+        many_masks("bert-base", args.repeats)
+        return
     for name in args.models:
         run_model(name, args.lengths, args.repeats)
     if args.kernels:

@@ -48,6 +48,7 @@ class DecodedMask:
     numel: int
     _sparse: tuple | None = field(default=None, repr=False)  # (weight, its version, CSR matrix)
     nbytes: int = 0  # what it holds: the positions, and the sparse matrix once built
+    _owner: tuple | None = field(default=None, repr=False)  # (cache, key) that counts its bytes
 
     def __post_init__(self) -> None:
         self._positions_bytes = self.positions.numel() * self.positions.element_size()
@@ -112,6 +113,9 @@ class DecodedMask:
         self._sparse = (weight, weight._version, matrix)
         index_bytes = 4 if index is torch.int32 else 8
         self.nbytes = self._positions_bytes + values.numel() * (values.element_size() + index_bytes)
+        if self._owner is not None:  # the cache's bound counts the matrix from now on, not at the next lookup
+            cache, key = self._owner
+            cache._grown(key, self)
         return matrix
 
     def uses_sparse(self, kernel: Kernel, weight: torch.Tensor, tokens: int) -> bool:
@@ -231,8 +235,16 @@ class FixedMaskCache:
             if key not in self._entries:
                 self._entries[key] = entry
                 self._sizes[key] = entry.nbytes
+                entry._owner = (self, key)
                 self._evict()
         return entry
+
+    def _grown(self, key: tuple, entry: DecodedMask) -> None:
+        """An entry built its sparse matrix: count it, and drop what the bound no longer holds."""
+        with self._lock:
+            if self._entries.get(key) is entry:
+                self._sizes[key] = entry.nbytes
+                self._evict()
 
     def _evict(self) -> None:
         total = sum(self._sizes.values())

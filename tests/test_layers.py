@@ -127,6 +127,21 @@ def test_the_cache_stays_within_its_bound_and_decodes_again_after_eviction():
         cache.kernel = "fast"
 
 
+def test_a_sparse_matrix_built_after_a_lookup_counts_against_the_bound_at_once():
+    """The sparse kernel triples an entry's bytes after the cache took it in: the bound holds right then,
+    not at the entry's next lookup (with many masks in turn, there was none before the cache held 3x)."""
+    weight = torch.randn(64, 64)
+    masks = {
+        f"layer{i}": codec.encode(torch.rand(64, 64, generator=torch.Generator().manual_seed(i)) < 0.9)
+        for i in range(6)
+    }
+    cache = FixedMaskCache(max_bytes=3 * 4 * 420)  # about three layers' positions alone
+    for name, encoded in masks.items():
+        cache.get("task", name, encoded, torch.device("cpu")).sparse_matrix(weight, transposed=False)
+        assert cache.nbytes <= cache.max_bytes
+    assert 0 < len(cache) < 3  # with their matrices, fewer entries fit
+
+
 def test_topk_keeps_a_fixed_fraction_per_layer():
     scores = torch.randn(100, 50)
     mask = TopKBinarizer(0.1)(scores)
