@@ -134,10 +134,10 @@ def build_masks(root: str) -> tuple[str, list[str]]:
     return base or "", list(tasks)
 
 
-def start_server(masks: dict[str, str], port: int, *flags: str) -> subprocess.Popen:
+def start_server(masks: dict[str, str], port: int, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "hf_masking", "serve", "--port", str(port), *flags]
     command += [arg for task, repo in masks.items() for arg in ("--mask", f"{task}={repo}")]
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> None:

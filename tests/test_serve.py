@@ -77,9 +77,9 @@ def _raw(port: int, body: bytes, headers: dict[str, str], path: str = "/predict"
         connection.close()
 
 
-def _start(masks: dict[str, str], *flags: str) -> tuple[str, int, subprocess.Popen]:
+def _start(masks: dict[str, str], *flags: str, env: dict[str, str] | None = None) -> tuple[str, int, subprocess.Popen]:
     port = free_port()
-    process = serve_load.start_server(masks, port, *flags)
+    process = serve_load.start_server(masks, port, *flags, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         serve_load.wait_ready(url, process, timeout=240)
@@ -404,3 +404,43 @@ def test_sync_tasks_loads_what_is_new_and_drops_what_is_gone(classifiers):
 
     (answer,) = service.answer([Row("topic", "alice was great")])
     Alone(base, masks).check({"task": "question", "text": "alice was great"}, {**answer, "task": "question"})
+
+
+PUSH = """
+import sys
+from hf_masking import MaskedModel
+MaskedModel.from_pretrained(sys.argv[1]).push_to_hub(sys.argv[2])
+"""
+
+
+def test_a_task_added_at_run_time_from_a_hub_repo_id(classifiers, tmp_path):
+    """PUT /tasks/{name} with a Hub id: the server downloads and checks it like any repo (a local Hub on
+    127.0.0.1, the real huggingface_hub client)."""
+    from hub_server import HubServer
+
+    root, base, masks = classifiers
+    hub = HubServer(str(tmp_path / "hub")).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1")
+    try:
+        pushed = subprocess.run(
+            [sys.executable, "-c", PUSH, masks["question"], "alice/question-mask"],
+            env={**env, "HF_HOME": str(tmp_path / "pusher"), "HF_TOKEN": "hf_alice_token"},
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr[-2000:]
+        server_env = {**env, "HF_HOME": str(tmp_path / "server-cache")}
+        url, _, process = _start({"topic": masks["topic"]}, "--admin_token_file", str(root / "token"), env=server_env)
+        try:
+            status, answer = _request(f"{url}/tasks/q", "PUT", {"repo": "alice/question-mask"}, token=ADMIN_TOKEN)
+            assert status == 200 and len(answer["labels"]) == 6, answer
+            status, answer = _request(f"{url}/tasks/x", "PUT", {"repo": "alice/no-such-mask"}, token=ADMIN_TOKEN)
+            assert status in (404, 422) and "no-such-mask" in answer["detail"]
+            body = {"task": "q", "text": "bob was lovely"}
+            status, answer = _request(f"{url}/predict", "POST", body)
+            assert status == 200
+            Alone(base, masks).check({**body, "task": "question"}, {**answer, "task": "question"})
+        finally:
+            _stop(process)
+    finally:
+        hub.stop()
