@@ -444,3 +444,17 @@ def test_a_task_added_at_run_time_from_a_hub_repo_id(classifiers, tmp_path):
             _stop(process)
     finally:
         hub.stop()
+
+
+def test_the_ray_serve_run_target_takes_the_serve_flags_as_key_value(tmp_path):
+    pytest.importorskip("ray.serve")
+    from ray.serve import Application
+
+    from hf_masking.serve.ray_deployment import app_builder
+
+    app = app_builder({"mask": f"a={tmp_path / 'a'},b={tmp_path / 'b'}", "replicas": "2", "max_batch": "8"})
+    assert isinstance(app, Application)
+    with pytest.raises(SystemExit):
+        app_builder({"mask": "a=x", "max_batch": "0"})  # checked as the command line checks it
+    with pytest.raises(ValueError, match="twice"):
+        app_builder({"mask": "a=x,a=y"})
