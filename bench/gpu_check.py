@@ -17,7 +17,6 @@ Exit status 1 when a correctness or training check fails.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/: mixed_batch
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FULL = {"rows": 32, "masks": 11, "lengths": (8, 128), "repeats": 5, "new_tokens": 32, "train_steps": 30}
 SMALL = {"rows": 8, "masks": 4, "lengths": (8, 32), "repeats": 2, "new_tokens": 4, "train_steps": 4}
@@ -74,26 +74,9 @@ def gpt2(small: bool):
 
 def with_masks(base, count: int, heads: bool):
     """A serving MaskedModel holding `count` random masks (8% removed), each with its own head if `heads`."""
-    from hf_masking import MaskedModel, MaskingConfig
-    from hf_masking.binarizer import init_scores
+    from mixed_batch import masked_models
 
-    trainer = MaskedModel(copy.deepcopy(base), MaskingConfig(initial_sparsity=0.08))
-    stored = []
-    for seed in range(count):
-        config = MaskingConfig(initial_sparsity=0.08, seed=seed)
-        with torch.no_grad():
-            for name, layer in trainer.masked_modules().items():
-                layer.mask_scores.copy_(init_scores(layer.weight.shape, name, config))
-            if heads:
-                torch.manual_seed(seed)
-                trainer.get_base_model().classifier.weight.normal_(std=0.02)
-        stored.append(trainer.to_stored_mask())
-    serving = MaskedModel(copy.deepcopy(base), stored[0].config, trainable=False,
-                          masked_modules=stored[0].record["masked_modules"])  # fmt: skip
-    for seed, mask in enumerate(stored):
-        serving.load_mask(mask, f"m{seed}")
-    serving.set_active_mask("m0")
-    return serving.eval()
+    return masked_models(base, count, heads)
 
 
 def alone(model, batch: dict, names: list[str], call) -> torch.Tensor:

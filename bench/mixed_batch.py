@@ -43,8 +43,8 @@ def timed(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def masked_models(base, n_masks: int):
-    """A serving MaskedModel with n loaded masks (m0…), each with its own head, on a copy of `base`."""
+def masked_models(base, n_masks: int, heads: bool = True):
+    """A serving MaskedModel with n loaded masks (m0…) at 8%, each with its own head if `heads`, on a copy of `base`."""
     from hf_masking import MaskedModel, MaskingConfig
     from hf_masking.binarizer import init_scores
 
@@ -55,8 +55,9 @@ def masked_models(base, n_masks: int):
         with torch.no_grad():
             for name, layer in trainer.masked_modules().items():
                 layer.mask_scores.copy_(init_scores(layer.weight.shape, name, config))
-            torch.manual_seed(seed)
-            trainer.get_base_model().classifier.weight.normal_(std=0.02)
+            if heads:
+                torch.manual_seed(seed)
+                trainer.get_base_model().classifier.weight.normal_(std=0.02)
         stored.append(trainer.to_stored_mask())
     serving = MaskedModel(
         copy.deepcopy(base), stored[0].config, trainable=False, masked_modules=stored[0].record["masked_modules"]

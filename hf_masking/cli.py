@@ -22,7 +22,7 @@ from typing import Any
 
 from . import analysis
 from .ensemble import COMBINES
-from .hub import looks_like_local_path
+from .hub import source_problem
 
 
 def _write_json(path: str | None, payload: Any) -> None:
@@ -165,17 +165,9 @@ def _load_masked(args: argparse.Namespace, repo: str):
 
 def _model_source(value: str | None, flag: str) -> str | None:
     """A folder that exists or a Hub id, else an error naming the flag (not transformers' repo-id message)."""
-    if value is None:
-        return None
-    if looks_like_local_path(value) and not os.path.isdir(value):
-        raise FileNotFoundError(f"{flag} {value}: no such folder.")
-    if not os.path.isdir(value):
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:
-            validate_repo_id(value)
-        except HFValidationError:
-            raise FileNotFoundError(f"{flag} {value!r} is neither a folder nor a Hub repo id ('owner/name').") from None
+    problem = None if value is None else source_problem(value, flag)
+    if problem:
+        raise FileNotFoundError(problem)
     return value
 
 

@@ -25,6 +25,24 @@ def looks_like_local_path(name: str) -> bool:
     )
 
 
+def source_problem(value: str, flag: str) -> str | None:
+    """Why `value`, given as `flag`, names neither an existing folder nor a Hub repo id; None if it can.
+
+    Said before transformers is asked, whose own message for a missing folder is about repo ids.
+    """
+    if os.path.isdir(value):
+        return None
+    if looks_like_local_path(value):
+        return f"{flag} {value}: no such folder."
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return f"{flag} {value!r} is neither a folder nor a Hub repo id ('owner/name')."
+    return None
+
+
 def _check_repo_id(name: str, what: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 

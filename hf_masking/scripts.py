@@ -57,20 +57,13 @@ def set_masking_learning_rate(training_args: TrainingArguments, masking_args: An
 
 def check_model_sources(arguments: Any) -> None:
     """--model_name_or_path, --config_name, --tokenizer_name: a folder that exists or a Hub id, said clearly."""
-    from .hub import looks_like_local_path
+    from .hub import source_problem
 
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
         value = getattr(arguments, name, None)
-        if not value or os.path.isdir(value):
-            continue
-        if looks_like_local_path(value):
-            raise ValueError(f"--{name} {value}: no such folder.")
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:
-            validate_repo_id(value)
-        except HFValidationError:
-            raise ValueError(f"--{name} {value!r} is neither a folder nor a Hub model id ('owner/name').") from None
+        problem = source_problem(value, f"--{name}") if value else None
+        if problem:
+            raise ValueError(problem)
 
 
 def check_hub_reachable(training_args: TrainingArguments) -> None:
