@@ -10,7 +10,6 @@ would reach.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .config import MaskingConfig
@@ -88,6 +87,3 @@ def check(config: MaskingConfig, args: Any, max_steps: int, learning_rate: float
         f"masking_optimizer(args, mask_learning_rate={suggested:g}) to the Trainer; or train for more steps."
     )
 
-
-def is_finite_positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
