@@ -2,7 +2,9 @@
 
 For each model (all-MiniLM-L6-v2 and the BERT-base shape) and sequence length, the median time of:
 - base: the plain model, no masking, on the batch (the reference of every ratio);
-- mixed: ``model(**batch, mask_names=[...])`` on the resident base;
+- mixed: ``model(**batch, mask_names=[...])`` on the resident base, with the compiled kernel that
+  computes every mask's sparse correction in one call per layer (`hf_masking.row_kernel`);
+- mixed-torch: the same without that kernel (``HF_MASKING_ROW_KERNEL=0``: torch's sparse product per mask);
 - grouped: one forward per mask on its rows, with ``set_active_mask`` in between;
 - lora-mixed: PEFT LoRA (r=8 on query/value, PEFT's default for BERT) with as many adapters,
   ``model(**batch, adapter_names=[...])``.
@@ -16,6 +18,7 @@ sweep behind `hf_masking.fixed_mask`'s choice between its dense and sparse kerne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -94,18 +97,39 @@ def run_model(name: str, lengths: list[int], repeats: int) -> None:
             batch["attention_mask"] = torch.ones_like(batch["input_ids"])
             plain = timed(partial(base, **batch), repeats)
             print(f"  length {length}: base forward {plain * 1000:8.1f} ms")
-            print(f"    {'masks':>5} {'mixed':>16} {'grouped+switch':>16} {'lora-mixed':>16}   (ms, ratio to base)")
+            print(
+                f"    {'masks':>5} {'mixed':>16} {'mixed-torch':>16} {'grouped+switch':>16} {'lora-mixed':>16}"
+                "   (ms, ratio to base)"
+            )
             for spread in SPREADS:
                 names = [f"m{i % spread}" for i in range(ROWS)]
                 adapters = [f"a{i % spread}" for i in range(ROWS)]
                 mixed = timed(partial(masked, **batch, mask_names=names), repeats)
+                with without_row_kernel():
+                    mixed_torch = timed(partial(masked, **batch, mask_names=names), repeats)
                 grouped = timed(partial(grouped_forward, masked, batch, names), repeats)
                 peft = timed(partial(lora, **batch, adapter_names=adapters), repeats)
-                cells = [f"{t * 1000:8.1f} {t / plain:5.2f}x" for t in (mixed, grouped, peft)]
-                print(f"    {spread:5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+                cells = [f"{t * 1000:8.1f} {t / plain:5.2f}x" for t in (mixed, mixed_torch, grouped, peft)]
+                print(f"    {spread:5d} " + " ".join(f"{cell:>16}" for cell in cells))
             masked.set_active_mask("m0")
     cache = masked.fixed_masks
     print(f"  decoded-mask cache after the runs: {cache.nbytes / 2**20:.1f} MB in {len(cache)} layer entries")
+
+
+@contextlib.contextmanager
+def without_row_kernel():
+    """Mixed batches with torch's per-mask sparse products, as where the kernel cannot be built."""
+    from hf_masking import row_kernel
+
+    before = os.environ.get(row_kernel.ENV_SWITCH)
+    os.environ[row_kernel.ENV_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[row_kernel.ENV_SWITCH]
+        else:
+            os.environ[row_kernel.ENV_SWITCH] = before
 
 
 def grouped_forward(model, batch: dict, names: list[str]) -> torch.Tensor:

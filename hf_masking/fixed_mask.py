@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from . import codec
+from . import codec, row_kernel
 
 Kernel = Literal["auto", "dense", "sparse"]
 KERNELS = ("auto", "dense", "sparse")
@@ -47,7 +47,8 @@ class DecodedMask:
     minority: int  # 0: the positions are masked out; 1: the positions are the only ones kept
     numel: int
     _sparse: tuple | None = field(default=None, repr=False)  # (weight, its version, CSR matrix)
-    nbytes: int = 0  # what it holds: the positions, and the sparse matrix once built
+    _rows: tuple | None = field(default=None, repr=False)  # ((shape, transposed), row pointers, positions by row)
+    nbytes: int = 0  # what it holds: the positions, their row pointers and the sparse matrix once built
     _owner: tuple | None = field(default=None, repr=False)  # (cache, key) that counts its bytes
 
     def __post_init__(self) -> None:
@@ -81,6 +82,34 @@ class DecodedMask:
         out.view(-1)[index] = weight.detach().reshape(-1)[index]
         return out
 
+    def row_positions(self, shape: torch.Size, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The minority positions by output row: (row pointers [out + 1], flat positions o * in + i in the
+        ``F.linear`` orientation [out, in]), both int32. Row o's positions are ``positions[rows[o]:rows[o + 1]]``.
+
+        What the sparse matrix and `row_kernel` index with; kept with the decoded mask. For ``nn.Linear`` the
+        positions are the decoded ones (only the row pointers are new); GPT-2's Conv1D stores [in, out], so
+        its positions are reordered once.
+        """
+        if self._rows is not None and self._rows[0] == (tuple(shape), transposed):
+            return self._rows[1], self._rows[2]
+        if shape.numel() != self.numel or len(shape) != 2:
+            raise ValueError(f"A mask of {self.numel} positions cannot index a weight of shape {tuple(shape)}.")
+        positions = self.positions
+        index = positions.dtype
+        rows_stored, cols_stored = shape
+        out_features, in_features = (cols_stored, rows_stored) if transposed else (rows_stored, cols_stored)
+        increasing = bool((positions[1:] > positions[:-1]).all())
+        if positions.numel() and (int(positions[0]) < 0 or int(positions[-1]) >= self.numel or not increasing):
+            raise ValueError("A decoded mask's positions must be increasing and within the weight.")
+        if transposed:  # position i * out + o becomes o * in + i, in increasing order
+            wide = positions.long()
+            positions = torch.sort((wide % cols_stored) * in_features + wide // cols_stored).values.to(index)
+        bounds = torch.arange(out_features + 1, device=positions.device, dtype=torch.long) * in_features
+        rows = torch.searchsorted(positions, bounds.to(index)).to(index)
+        self._rows = ((tuple(shape), transposed), rows, positions)
+        self._recount()
+        return rows, positions
+
     def sparse_matrix(self, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
         """The minority entries of W in the orientation of ``F.linear`` ([out, in]), as a CSR matrix.
 
@@ -90,42 +119,53 @@ class DecodedMask:
         cached = self._sparse
         if cached is not None and cached[0] is weight and cached[1] == weight._version:
             return cached[2]
-        positions = self.positions
-        rows_stored, cols_stored = weight.shape
-        if transposed:  # GPT-2's Conv1D stores [in, out]: the CSR rows are its columns, so reorder
-            wide = positions.long()
-            inputs, outputs = wide // cols_stored, wide % cols_stored
-            order = torch.argsort(outputs * rows_stored + inputs)
-            outputs, inputs, positions = outputs[order], inputs[order], positions[order]
-            shape = (cols_stored, rows_stored)
-            crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=weight.device)
-            crow[1:] = torch.bincount(outputs, minlength=shape[0]).cumsum(0)
-        else:  # sorted flat positions: row r's entries are those in [r * cols, (r + 1) * cols)
-            shape = (rows_stored, cols_stored)
-            bounds = torch.arange(rows_stored + 1, device=weight.device, dtype=torch.long) * cols_stored
-            crow = torch.searchsorted(positions, bounds.to(positions.dtype))
-            inputs = positions % cols_stored
-        index = torch.int32 if weight.numel() < 2**31 else torch.int64
-        values = weight.detach().reshape(-1)[positions]
+        rows, positions = self.row_positions(weight.shape, transposed)
+        out_features = rows.numel() - 1
+        in_features = self.numel // max(out_features, 1)
+        wide = positions.long()
+        inputs = wide % in_features
+        flat = weight.detach().reshape(-1)
+        values = flat[inputs * out_features + wide // in_features] if transposed else flat[wide]
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are stable
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            matrix = torch.sparse_csr_tensor(crow.to(index), inputs.to(index), values, shape, check_invariants=False)
+            matrix = torch.sparse_csr_tensor(
+                rows, inputs.to(rows.dtype), values, (out_features, in_features), check_invariants=False
+            )
         self._sparse = (weight, weight._version, matrix)
-        index_bytes = 4 if index is torch.int32 else 8
-        self.nbytes = self._positions_bytes + values.numel() * (values.element_size() + index_bytes)
-        if self._owner is not None:  # the cache's bound counts the matrix from now on, not at the next lookup
-            cache, key = self._owner
-            cache._grown(key, self)
+        self._recount()
         return matrix
 
-    def uses_sparse(self, kernel: Kernel, weight: torch.Tensor, tokens: int) -> bool:
-        """Whether a call on `tokens` tokens takes the sparse kernel ("auto": the one measured cheaper)."""
+    def _recount(self) -> None:
+        """Count what the entry now holds, and tell the cache that bounds it (at once, not at the next lookup)."""
+        held = self._positions_bytes
+        if self._rows is not None:
+            held += self._rows[1].numel() * self._rows[1].element_size()
+            if self._rows[2] is not self.positions:
+                held += self._rows[2].numel() * self._rows[2].element_size()
+        if self._sparse is not None:
+            matrix = self._sparse[2]
+            held += matrix.values().numel() * (matrix.values().element_size() + matrix.col_indices().element_size())
+        self.nbytes = held
+        if self._owner is not None:
+            cache, key = self._owner
+            cache._grown(key, self)
+
+    def uses_sparse(self, kernel: Kernel, weight: torch.Tensor, tokens: int, batched: bool = False) -> bool:
+        """Whether a call on `tokens` tokens takes the sparse kernel ("auto": the one measured cheaper).
+
+        `batched`: the correction is one group of a mixed batch's compiled call (`row_kernel`), which
+        costs no call of its own, so it wins up to `row_kernel.MAX_GROUP_TOKENS` rows of this mask.
+        """
         if kernel != "auto":
             return kernel == "sparse"
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return False  # measured only on CPU fp32; elsewhere the dense kernel is the safe choice
         numel = weight.numel()
-        return numel >= SPARSE_MIN_WEIGHTS and tokens * self.positions.numel() <= SPARSE_MAX_TOKEN_RATIO * numel
+        if numel < SPARSE_MIN_WEIGHTS:
+            return False
+        if batched:
+            return tokens <= row_kernel.MAX_GROUP_TOKENS
+        return tokens * self.positions.numel() <= SPARSE_MAX_TOKEN_RATIO * numel
 
     def correction(self, x: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
         """x (W ⊙ P)ᵀ for the listed positions P only, in x's shape with the output features last."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from . import row_kernel
 from .fixed_mask import DecodedMask, FixedMask
 from .row_masks import SCORES, RowMasks
 
@@ -156,16 +157,18 @@ class MaskedLinear(nn.Module):
 
     def _mixed_forward(self, x: torch.Tensor, rows_of: RowMasks) -> torch.Tensor:
         """Each row with its own mask: one product with the shared weight for the rows whose mask is
-        cheapest as a sparse correction (and the rows with no mask), one product per other mask."""
+        cheapest as a sparse correction (and the rows with no mask), the corrections of all those masks
+        in one compiled call where `row_kernel` is available, and one product per other mask."""
         groups = rows_of.groups(x.shape[0], x.device)
         weight = self.weight.t() if self.transposed else self.weight
         kernel = rows_of.kernel
+        batched = len(groups) > 1 and row_kernel.supports(x, self.weight) and row_kernel.available()
         shared: list[tuple[torch.Tensor | None, DecodedMask | None]] = []
         own: list[tuple[torch.Tensor | None, DecodedMask]] = []
         for name, rows in groups:
             decoded = self._row_mask(rows_of, name)
             tokens = (x.numel() // x.shape[0]) * (x.shape[0] if rows is None else rows.numel()) // x.shape[-1]
-            if decoded is None or (decoded.minority == 0 and decoded.uses_sparse(kernel, self.weight, tokens)):
+            if decoded is None or (decoded.minority == 0 and decoded.uses_sparse(kernel, self.weight, tokens, batched)):
                 shared.append((rows, decoded))
             else:
                 own.append((rows, decoded))
@@ -176,16 +179,11 @@ class MaskedLinear(nn.Module):
             return decoded.linear(x, self.weight, self.bias, self.transposed, kernel)
         out = None
         if shared:
+            shared.sort(key=lambda group: group[1] is None)  # masked groups first: their rows are one span
             rows = torch.cat([r for r, _ in shared])
             inputs = x.index_select(0, rows)
             result = F.linear(inputs, weight, self.bias)
-            start = 0
-            for group_rows, decoded in shared:
-                count = group_rows.numel()
-                if decoded is not None:
-                    part = inputs[start : start + count]
-                    result[start : start + count] -= decoded.correction(part, self.weight, self.transposed)
-                start += count
+            self._subtract_corrections(result, inputs, shared)
             out = result.new_empty((x.shape[0], *result.shape[1:]))
             out.index_copy_(0, rows, result)
         for rows, decoded in own:
@@ -194,6 +192,30 @@ class MaskedLinear(nn.Module):
                 out = result.new_empty((x.shape[0], *result.shape[1:]))
             out.index_copy_(0, rows, result)
         return out
+
+    def _subtract_corrections(
+        self, result: torch.Tensor, inputs: torch.Tensor, groups: list[tuple[torch.Tensor, DecodedMask | None]]
+    ) -> None:
+        """result[rows of g] -= inputs[rows of g] (W ⊙ P_g)ᵀ for each group's masked-out positions P_g, in place."""
+        masked = [(rows.numel(), decoded) for rows, decoded in groups if decoded is not None]
+        if not masked:
+            return
+        per_row = inputs.numel() // inputs.shape[0] // inputs.shape[-1]  # tokens per row (a sequence's length)
+        if len(masked) > 1 and row_kernel.supports(inputs, self.weight):
+            starts = [0]
+            for count, _ in masked:
+                starts.append(starts[-1] + count * per_row)
+            positions = [decoded.row_positions(self.weight.shape, self.transposed) for _, decoded in masked]
+            flat_inputs = inputs.reshape(-1, inputs.shape[-1]).contiguous()
+            flat_result = result.view(-1, result.shape[-1])
+            weight = self.weight
+            if row_kernel.subtract_corrections(flat_result, flat_inputs, weight, self.transposed, starts, positions):
+                return
+        start = 0
+        for count, decoded in masked:
+            part = inputs[start : start + count]
+            result[start : start + count] -= decoded.correction(part, self.weight, self.transposed)
+            start += count
 
     def original(self) -> nn.Module:
         """The module this layer replaced, sharing the same weight and bias."""

@@ -86,4 +86,3 @@ def check(config: MaskingConfig, args: Any, max_steps: int, learning_rate: float
         f"--mask_learning_rate {suggested:g} to the example scripts (the rest keeps --learning_rate), or "
         f"masking_optimizer(args, mask_learning_rate={suggested:g}) to the Trainer; or train for more steps."
     )
-
