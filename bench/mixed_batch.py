@@ -13,6 +13,7 @@ sweep behind `hf_masking.fixed_mask`'s choice between its dense and sparse kerne
 
     python bench/mixed_batch.py [--models minilm bert-base] [--lengths 128 8] [--repeats 3] [--kernels]
     python bench/mixed_batch.py --many   # 1, 2, 4, 11, 32, 100 masks loaded, rows spread over all of them
+    python bench/mixed_batch.py --generate   # generate(..., mask_names=...) on a GPT-2 (124M) shape
 """
 
 from __future__ import annotations
@@ -214,6 +215,29 @@ def many_masks(name: str, repeats: int, rows: int = 32, length: int = 32) -> Non
         )
 
 
+def generation(repeats: int, prompts: int = 32, masks: int = 11, new_tokens: int = 32) -> None:
+    """``generate`` with the KV cache, 32 prompts of 8 tokens over 11 masks, 32 new tokens each (greedy), against
+    the plain base's ``generate`` on the same prompts: with the compiled kernel and with torch's products."""
+    import transformers
+    from gpu_check import gpt2
+
+    transformers.logging.set_verbosity_error()
+    base = gpt2(small=False)
+    model = masked_models(base, masks, heads=False)
+    names = [f"m{i % masks}" for i in range(prompts)]
+    ids = torch.randint(5, base.config.vocab_size, (prompts, 8), generator=torch.Generator().manual_seed(0))
+    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        plain = timed(lambda: base.generate(ids, **kwargs), repeats)
+        mixed = timed(lambda: model.generate(ids, mask_names=names, **kwargs), repeats)
+        with without_row_kernel():
+            mixed_torch = timed(lambda: model.generate(ids, mask_names=names, **kwargs), repeats)
+    print(f"\ngpt2 (124M shape): generate, {prompts} prompts x 8 tokens over {masks} masks, {new_tokens} new tokens")
+    print(f"  base {plain * 1000:8.1f} ms")
+    print(f"  mixed {mixed * 1000:8.1f} ms  {mixed / plain:5.2f}x")
+    print(f"  mixed-torch {mixed_torch * 1000:8.1f} ms  {mixed_torch / plain:5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
@@ -221,11 +245,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kernels", action="store_true")
     parser.add_argument("--many", action="store_true", help="only the 1…100 masks loaded table (BERT-base shape)")
+    parser.add_argument("--generate", action="store_true", help="only the generate timing (GPT-2 shape)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     if args.many:
         many_masks("bert-base", args.repeats)
+        return
+    if args.generate:
+        generation(args.repeats)
         return
     for name in args.models:
         run_model(name, args.lengths, args.repeats)

@@ -113,9 +113,12 @@ def subtract_corrections(
     transposed: bool,
     starts: list[int],
     rows: list[tuple[torch.Tensor, torch.Tensor]],
+    values: list[torch.Tensor] | None = None,
 ) -> bool:
     """y[t] -= x[t] (W ⊙ P_g)ᵀ for the rows t in [starts[g], starts[g + 1]) of each group g, whose masked-out
     positions P_g are ``rows[g]`` (`DecodedMask.row_positions`: row pointers, positions by output row).
+    `values`: the weights at those positions, in their order (the CSR matrix's values); without them the
+    kernel reads W, which is fast along W's rows only, so a transposed W (Conv1D) should come with them.
 
     `y` ([tokens, out]) and `x` ([tokens, in]) are contiguous fp32 CPU tensors; `y` is written in place.
     Returns False, writing nothing, where the kernel is not available: the caller computes it itself.
@@ -131,5 +134,6 @@ def subtract_corrections(
         torch.tensor(starts, dtype=torch.long),
         [pointers for pointers, _ in rows],
         [positions for _, positions in rows],
+        [] if values is None else values,
     )
     return True

@@ -44,9 +44,23 @@ def test_one_call_equals_each_mask_alone(transposed):
     kept = [torch.rand(weight.shape) >= share for share in shares]
     y = torch.nn.functional.linear(x, weight.t() if transposed else weight)
     positions = [_masked_out_rows(k, weight.shape, transposed) for k in kept]
-    assert row_kernel.subtract_corrections(y, x, weight, transposed, starts, positions)
     expected = _reference(x, weight, transposed, [((starts[i], starts[i + 1]), kept[i]) for i in range(len(sizes))])
-    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=0)
+    # The weights read from W, or given in the positions' order (what a Conv1D layer passes).
+    values = [_values(weight, transposed, flat) for _, flat in positions]
+    for given in (None, values):
+        result = y.clone()
+        assert row_kernel.subtract_corrections(result, x, weight, transposed, starts, positions, given)
+        torch.testing.assert_close(result.double(), expected, atol=1e-5, rtol=0)
+
+
+def _values(weight: torch.Tensor, transposed: bool, flat: torch.Tensor) -> torch.Tensor:
+    """The weights at positions o * in + i of the [out, in] orientation."""
+    out_features = weight.shape[1] if transposed else weight.shape[0]
+    in_features = weight.numel() // out_features
+    wide = flat.long()
+    if transposed:
+        return weight.reshape(-1)[(wide % in_features) * out_features + wide // in_features].contiguous()
+    return weight.reshape(-1)[wide].contiguous()
 
 
 def _masked_out_rows(kept: torch.Tensor, shape, transposed: bool):
@@ -94,7 +108,7 @@ def test_a_mixed_forward_takes_one_kernel_call_per_layer_and_equals_the_torch_pa
     subtract = row_kernel.subtract_corrections
 
     def counted(*args):
-        calls.append(len(args[-1]))  # the groups in this call
+        calls.append(len(args[5]))  # the groups in this call
         return subtract(*args)
 
     monkeypatch.setattr(row_kernel, "subtract_corrections", counted)

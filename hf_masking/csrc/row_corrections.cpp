@@ -4,8 +4,10 @@
 // mask g, whose masked-out weights are given by their flat positions o * in + i in the [out, in]
 // orientation, grouped by output row (positions[g][crows[g][o] .. crows[g][o+1]) are row o's).
 // This subtracts, in place, y[t, o] -= sum over row o's positions of W[o, i] * x[t, i].
-// W is [out, in], or [in, out] where `transposed` (GPT-2's Conv1D); its values are read from W itself,
-// so a mask costs 4 bytes per masked-out weight here, as in its decoded positions.
+// W is [out, in], or [in, out] where `transposed` (GPT-2's Conv1D). The weights at the positions are
+// read from W itself (a mask costs 4 bytes per masked-out weight here, as in its decoded positions)
+// unless `values` gives them in the positions' order: what a transposed W needs, since reading it
+// along a row of the [out, in] orientation jumps a whole row of W per weight.
 //
 // Layout: each group's rows are transposed into a zero-padded [in, n] block, so one masked-out
 // weight multiplies 16 (or 32) rows with one vector FMA. Work items are (group, output row) pairs in
@@ -34,6 +36,7 @@ struct Group {
   int64_t start, rows, padded, offset;
   const int32_t* crow;
   const int32_t* pos;
+  const float* val;  // the weights at `pos`, in the same order; null: read them from W
 };
 
 struct Weight {
@@ -55,7 +58,8 @@ inline void accumulate(const Group& g, const Weight& w, const float* xt, int64_t
   Vec a0 = {}, a1 = {}, b0 = {}, b1 = {};
   int32_t k = k0;
   for (; k + 1 < k1; k += 2) {  // two entries at a time: independent FMA chains
-    const float u = w.at(o, g.pos[k]), v = w.at(o, g.pos[k + 1]);
+    const float u = g.val ? g.val[k] : w.at(o, g.pos[k]);
+    const float v = g.val ? g.val[k + 1] : w.at(o, g.pos[k + 1]);
     const float* p = xt + (g.pos[k] - row) * n;
     const float* q = xt + (g.pos[k + 1] - row) * n;
     a0 += u * load(p);
@@ -66,7 +70,7 @@ inline void accumulate(const Group& g, const Weight& w, const float* xt, int64_t
     }
   }
   if (k < k1) {
-    const float u = w.at(o, g.pos[k]);
+    const float u = g.val ? g.val[k] : w.at(o, g.pos[k]);
     const float* p = xt + (g.pos[k] - row) * n;
     a0 += u * load(p);
     if (two) a1 += u * load(p + kLanes);
@@ -83,7 +87,7 @@ inline void accumulate(const Group& g, const Weight& w, const float* xt, int64_t
 
 void subtract_row_corrections(torch::Tensor y, torch::Tensor x, torch::Tensor weight, bool transposed,
                               torch::Tensor starts, std::vector<torch::Tensor> crows,
-                              std::vector<torch::Tensor> positions) {
+                              std::vector<torch::Tensor> positions, std::vector<torch::Tensor> values) {
   TORCH_CHECK(y.dim() == 2 && x.dim() == 2 && y.size(0) == x.size(0), "y and x must be [tokens, features]");
   TORCH_CHECK(y.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
               "y, x and the weight must be float32");
@@ -95,6 +99,7 @@ void subtract_row_corrections(torch::Tensor y, torch::Tensor x, torch::Tensor we
   TORCH_CHECK(weight.numel() < (int64_t{1} << 31), "the weight is too large for int32 positions");
   const int64_t count = static_cast<int64_t>(crows.size());
   TORCH_CHECK(positions.size() == crows.size(), "one crow and one positions tensor per group");
+  TORCH_CHECK(values.empty() || values.size() == crows.size(), "values: none, or one tensor per group");
   TORCH_CHECK(starts.scalar_type() == at::kLong && starts.dim() == 1 && starts.numel() == count + 1 &&
                   starts.is_contiguous(),
               "starts must be int64 with one more entry than groups");
@@ -119,7 +124,15 @@ void subtract_row_corrections(torch::Tensor y, torch::Tensor x, torch::Tensor we
     for (int64_t o = 0; o < out; ++o) TORCH_CHECK(c[o] <= c[o + 1], "row pointers must not decrease");
     const int64_t rows = st[g + 1] - st[g];
     const int64_t padded = (rows + kLanes - 1) / kLanes * kLanes;
-    groups[g] = {st[g], rows, padded, total, c, p};
+    const float* v = nullptr;
+    if (!values.empty()) {
+      const auto& val = values[g];
+      TORCH_CHECK(val.scalar_type() == at::kFloat && val.is_contiguous() && val.device().is_cpu() &&
+                      val.numel() == pos.numel(),
+                  "values must be contiguous float32 CPU tensors, one per position");
+      v = val.data_ptr<float>();
+    }
+    groups[g] = {st[g], rows, padded, total, c, p, v};
     total += padded * in;
   }
   const Weight w{weight.data_ptr<float>(), in, out, transposed};
