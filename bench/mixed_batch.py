@@ -178,7 +178,7 @@ def dense_kernel(decoded, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 MANY = (1, 2, 4, 11, 32, 100)
 
 
-def many_masks(name: str, repeats: int, rows: int = 32, length: int = 32) -> None:
+def many_masks(name: str, repeats: int, rows: int = 32, length: int = 32, cache_bytes: int | None = None) -> None:
     """Masks loaded 1…100, the rows of each batch spread over all of them (a different slice per batch):
     time per mixed forward / the plain base forward, and resident memory (RSS) with the cache's bytes."""
     import psutil
@@ -196,6 +196,8 @@ def many_masks(name: str, repeats: int, rows: int = 32, length: int = 32) -> Non
     print(f"  {'masks':>5} {'ms':>8} {'x base':>7} {'repo MB':>8} {'cache MB':>9} {'RSS - base MB':>14}")
     for count in MANY:
         model = masked_models(base, count)
+        if cache_bytes is not None:
+            model.fixed_masks.max_bytes = cache_bytes
         repo = sum(e.nbytes for n in model.mask_names for e in model.to_stored_mask(n).masks.values())
         turn = iter(range(10**9))
 
@@ -246,11 +248,13 @@ def main() -> None:
     parser.add_argument("--kernels", action="store_true")
     parser.add_argument("--many", action="store_true", help="only the 1…100 masks loaded table (BERT-base shape)")
     parser.add_argument("--generate", action="store_true", help="only the generate timing (GPT-2 shape)")
+    parser.add_argument("--cache_gib", type=float, help="--many: the decoded-mask cache bound (default: 1 GiB)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     if args.many:
-        many_masks("bert-base", args.repeats)
+        cache = None if args.cache_gib is None else int(args.cache_gib * 2**30)
+        many_masks("bert-base", args.repeats, cache_bytes=cache)
         return
     if args.generate:
         generation(args.repeats)

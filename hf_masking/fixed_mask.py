@@ -11,7 +11,9 @@ cheaper of two kernels, which agree up to float rounding:
   short inputs (generation steps, small batches), where the dense kernel's copy of W dominates.
 
 Because W is never written, switching masks is a pointer change, any number of masks can serve
-different rows of one batch, and the base's pages stay shared with its checkpoint file.
+different rows of one batch, and the base's pages stay shared with its checkpoint file. In a mixed
+batch the sparse corrections of all masks are one compiled call per layer where `row_kernel` can be
+built (`MaskedLinear._mixed_forward`).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class DecodedMask:
     positions: torch.Tensor  # int32, or int64 for layers beyond 2^31 weights
     minority: int  # 0: the positions are masked out; 1: the positions are the only ones kept
     numel: int
-    _sparse: tuple | None = field(default=None, repr=False)  # (weight, its version, CSR matrix)
     _rows: tuple | None = field(default=None, repr=False)  # ((shape, transposed), row pointers, positions by row)
+    _values: tuple | None = field(default=None, repr=False)  # (weight, its version, W at the positions by row)
+    _sparse: tuple | None = field(default=None, repr=False)  # (the values it was built on, CSR matrix)
     nbytes: int = 0  # what it holds: the positions, their row pointers and the sparse matrix once built
     _owner: tuple | None = field(default=None, repr=False)  # (cache, key) that counts its bytes
 
@@ -110,28 +113,41 @@ class DecodedMask:
         self._recount()
         return rows, positions
 
-    def sparse_matrix(self, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
-        """The minority entries of W in the orientation of ``F.linear`` ([out, in]), as a CSR matrix.
+    def row_values(self, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+        """W at `row_positions`, in their order (fp32 for `row_kernel`, else W's dtype), kept with the decoded mask.
 
-        Kept with the decoded mask; rebuilt when the weight is another tensor or was written since
-        (a head's weight is per mask, and a switch copies the new head in).
+        Rebuilt when the weight is another tensor or was written since (a head's weight is per mask, and
+        a switch copies the new head in).
         """
-        cached = self._sparse
+        cached = self._values
         if cached is not None and cached[0] is weight and cached[1] == weight._version:
             return cached[2]
         rows, positions = self.row_positions(weight.shape, transposed)
         out_features = rows.numel() - 1
         in_features = self.numel // max(out_features, 1)
         wide = positions.long()
-        inputs = wide % in_features
         flat = weight.detach().reshape(-1)
-        values = flat[inputs * out_features + wide // in_features] if transposed else flat[wide]
+        values = flat[(wide % in_features) * out_features + wide // in_features] if transposed else flat[wide]
+        self._values = (weight, weight._version, values)
+        self._recount()
+        return values
+
+    def sparse_matrix(self, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+        """The minority entries of W in the orientation of ``F.linear`` ([out, in]), as a CSR matrix
+        (its values are `row_values`), kept with the decoded mask while the weight is unchanged."""
+        values = self.row_values(weight, transposed)
+        cached = self._sparse
+        if cached is not None and cached[0] is values:
+            return cached[1]
+        rows, positions = self.row_positions(weight.shape, transposed)
+        out_features = rows.numel() - 1
+        in_features = self.numel // max(out_features, 1)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are stable
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             matrix = torch.sparse_csr_tensor(
-                rows, inputs.to(rows.dtype), values, (out_features, in_features), check_invariants=False
+                rows, positions % in_features, values, (out_features, in_features), check_invariants=False
             )
-        self._sparse = (weight, weight._version, matrix)
+        self._sparse = (values, matrix)
         self._recount()
         return matrix
 
@@ -142,9 +158,11 @@ class DecodedMask:
             held += self._rows[1].numel() * self._rows[1].element_size()
             if self._rows[2] is not self.positions:
                 held += self._rows[2].numel() * self._rows[2].element_size()
-        if self._sparse is not None:
-            matrix = self._sparse[2]
-            held += matrix.values().numel() * (matrix.values().element_size() + matrix.col_indices().element_size())
+        if self._values is not None:
+            held += self._values[2].numel() * self._values[2].element_size()
+        if self._sparse is not None:  # its values are the ones counted above; its column indices are its own
+            indices = self._sparse[1].col_indices()
+            held += indices.numel() * indices.element_size()
         self.nbytes = held
         if self._owner is not None:
             cache, key = self._owner
@@ -199,7 +217,10 @@ class FixedMaskCache:
     """Decoded layer masks of a model's loaded masks, least recently used dropped beyond `max_bytes`.
 
     A loaded mask costs its compressed repo bytes; this cache adds, per layer in use, 4 bytes per
-    minority position (and 8 more when the sparse kernel ran). ``max_bytes = 0`` decodes on every
+    minority position; once a sparse kernel ran, 4 per output row and 4 more per position (the
+    weights there; a Conv1D layer: 4 more, its positions reordered), and 4 more per position when
+    torch's sparse product ran (its column indices).
+    ``max_bytes = 0`` decodes on every
     call: nothing beyond the compressed masks stays resident. `kernel` chooses the kernel of every
     layer computing with a loaded mask ("auto", "dense" or "sparse").
     """

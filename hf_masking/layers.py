@@ -206,12 +206,10 @@ class MaskedLinear(nn.Module):
             for count, _ in masked:
                 starts.append(starts[-1] + count * per_row)
             positions = [decoded.row_positions(self.weight.shape, self.transposed) for _, decoded in masked]
+            values = [decoded.row_values(self.weight, self.transposed) for _, decoded in masked]
             flat_inputs = inputs.reshape(-1, inputs.shape[-1]).contiguous()
             flat_result = result.view(-1, result.shape[-1])
-            weight, transposed = self.weight, self.transposed
-            # A Conv1D weight is [in, out]: its values along an output row are gathered once (the CSR matrix's).
-            values = [d.sparse_matrix(weight, transposed).values() for _, d in masked] if transposed else None
-            if row_kernel.subtract_corrections(flat_result, flat_inputs, weight, transposed, starts, positions, values):
+            if row_kernel.subtract_corrections(flat_result, flat_inputs, starts, positions, values):
                 return
         start = 0
         for count, decoded in masked:

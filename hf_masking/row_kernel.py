@@ -94,13 +94,12 @@ def available() -> bool:
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the kernel can compute this layer's corrections: contiguous fp32 on the CPU, int32 positions."""
+    """Whether the kernel can compute this layer's corrections: fp32 on the CPU, positions within int32."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and weight.device.type == "cpu"
-        and weight.is_contiguous()
         and weight.numel() < 2**31
         and enabled()
     )
@@ -109,16 +108,13 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def subtract_corrections(
     y: torch.Tensor,
     x: torch.Tensor,
-    weight: torch.Tensor,
-    transposed: bool,
     starts: list[int],
     rows: list[tuple[torch.Tensor, torch.Tensor]],
-    values: list[torch.Tensor] | None = None,
+    values: list[torch.Tensor],
 ) -> bool:
     """y[t] -= x[t] (W ⊙ P_g)ᵀ for the rows t in [starts[g], starts[g + 1]) of each group g, whose masked-out
-    positions P_g are ``rows[g]`` (`DecodedMask.row_positions`: row pointers, positions by output row).
-    `values`: the weights at those positions, in their order (the CSR matrix's values); without them the
-    kernel reads W, which is fast along W's rows only, so a transposed W (Conv1D) should come with them.
+    positions P_g are ``rows[g]`` (`DecodedMask.row_positions`: row pointers, positions by output row) and
+    W there ``values[g]`` (`DecodedMask.row_values`).
 
     `y` ([tokens, out]) and `x` ([tokens, in]) are contiguous fp32 CPU tensors; `y` is written in place.
     Returns False, writing nothing, where the kernel is not available: the caller computes it itself.
@@ -129,11 +125,9 @@ def subtract_corrections(
     module.subtract_row_corrections(
         y,
         x,
-        weight.detach(),
-        transposed,
         torch.tensor(starts, dtype=torch.long),
         [pointers for pointers, _ in rows],
         [positions for _, positions in rows],
-        [] if values is None else values,
+        values,
     )
     return True

@@ -45,12 +45,9 @@ def test_one_call_equals_each_mask_alone(transposed):
     y = torch.nn.functional.linear(x, weight.t() if transposed else weight)
     positions = [_masked_out_rows(k, weight.shape, transposed) for k in kept]
     expected = _reference(x, weight, transposed, [((starts[i], starts[i + 1]), kept[i]) for i in range(len(sizes))])
-    # The weights read from W, or given in the positions' order (what a Conv1D layer passes).
     values = [_values(weight, transposed, flat) for _, flat in positions]
-    for given in (None, values):
-        result = y.clone()
-        assert row_kernel.subtract_corrections(result, x, weight, transposed, starts, positions, given)
-        torch.testing.assert_close(result.double(), expected, atol=1e-5, rtol=0)
+    assert row_kernel.subtract_corrections(y, x, starts, positions, values)
+    torch.testing.assert_close(y.double(), expected, atol=1e-5, rtol=0)
 
 
 def _values(weight: torch.Tensor, transposed: bool, flat: torch.Tensor) -> torch.Tensor:
@@ -108,7 +105,7 @@ def test_a_mixed_forward_takes_one_kernel_call_per_layer_and_equals_the_torch_pa
     subtract = row_kernel.subtract_corrections
 
     def counted(*args):
-        calls.append(len(args[5]))  # the groups in this call
+        calls.append(len(args[3]))  # the groups in this call
         return subtract(*args)
 
     monkeypatch.setattr(row_kernel, "subtract_corrections", counted)
@@ -136,16 +133,19 @@ def test_row_positions_refuse_positions_that_do_not_fit_the_weight():
 def test_the_kernel_refuses_inconsistent_inputs():
     weight = torch.randn(8, 6)
     x, y = torch.randn(5, 6), torch.zeros(5, 8)
-    rows = [DecodedMask.from_bool(torch.rand(8, 6) >= 0.2).row_positions(weight.shape, False)]
+    decoded = DecodedMask.from_bool(torch.rand(8, 6) >= 0.2)
+    rows, values = [decoded.row_positions(weight.shape, False)], [decoded.row_values(weight, False)]
     with pytest.raises(RuntimeError, match="starts out of range"):
-        row_kernel.subtract_corrections(y, x, weight, False, [0, 6], rows)
-    with pytest.raises(RuntimeError, match="shape does not match"):
-        row_kernel.subtract_corrections(y, x, weight.t().contiguous(), False, [0, 5], rows)
+        row_kernel.subtract_corrections(y, x, [0, 6], rows, values)
+    with pytest.raises(RuntimeError, match="out \\+ 1 entries"):
+        row_kernel.subtract_corrections(torch.zeros(5, 6), x, [0, 5], rows, values)
     with pytest.raises(RuntimeError, match="float32"):
-        row_kernel.subtract_corrections(y.double(), x.double(), weight, False, [0, 5], rows)
+        row_kernel.subtract_corrections(y.double(), x.double(), [0, 5], rows, values)
+    with pytest.raises(RuntimeError, match="one per position"):
+        row_kernel.subtract_corrections(y, x, [0, 5], rows, [values[0][:-1].contiguous()])
     pointers, positions = rows[0]
     with pytest.raises(RuntimeError, match="row pointers"):
-        row_kernel.subtract_corrections(y, x, weight, False, [0, 5], [(pointers.flip(0).contiguous(), positions)])
+        row_kernel.subtract_corrections(y, x, [0, 5], [(pointers.flip(0).contiguous(), positions)], values)
     assert torch.equal(y, torch.zeros(5, 8))  # nothing was written by a refused call
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .. import row_kernel
 from ..hub import looks_like_local_path
 from ..model import MaskedModel
 from ..persistence import read_mask_repo
@@ -97,6 +98,8 @@ class MaskService:
         if settings.cache_bytes is not None:
             model.fixed_masks.max_bytes = settings.cache_bytes
         model.to(settings.device).eval()
+        if torch.device(settings.device).type == "cpu":  # build (or load) the mixed-batch kernel now, not in a request
+            row_kernel.available()
         service = cls(model, tokenizer, settings)
         service._register(first_task, model.active_mask, first_repo)
         for task, repo in others:
