@@ -178,43 +178,90 @@ def dense_kernel(decoded, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 MANY = (1, 2, 4, 11, 32, 100)
 
 
-def many_masks(name: str, repeats: int, rows: int = 32, length: int = 32, cache_bytes: int | None = None) -> None:
+def many_masks(name: str, repeats: int, cache_bytes: int | None = None) -> None:
     """Masks loaded 1…100, the rows of each batch spread over all of them (a different slice per batch):
-    time per mixed forward / the plain base forward, and resident memory (RSS) with the cache's bytes."""
+    time per mixed forward / the plain base forward, and resident memory. Each count runs in a process of
+    its own, so the memory of one count's models is not counted in the next."""
+    import json
+    import subprocess
+
+    print(f"\n{name}: 32 rows x 32 tokens per batch spread over every loaded mask")
+    print(
+        f"  {'masks':>5} {'base ms':>8} {'mixed ms':>9} {'x base':>7} {'repos MB':>9} {'cache MB':>9} "
+        f"{'bound MB':>9} {'RSS base':>9} {'RSS mixed':>10} {'extra/allowed':>14}"
+    )
+    for count in MANY:
+        command = [sys.executable, __file__, "--many_one", str(count), "--repeats", str(repeats)]
+        if cache_bytes is not None:
+            command += ["--cache_gib", str(cache_bytes / 2**30)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        mb = 2**20
+        allowed = r["repo_bytes"] + r["cache_bound"]
+        extra = r["rss_mixed"] - r["rss_base"]
+        print(
+            f"  {count:5d} {r['base_s'] * 1000:8.1f} {r['mixed_s'] * 1000:9.1f} {r['mixed_s'] / r['base_s']:6.2f}x "
+            f"{r['repo_bytes'] / mb:9.1f} {r['cache_bytes'] / mb:9.1f} {r['cache_bound'] / mb:9.0f} "
+            f"{r['rss_base'] / mb:9.0f} {r['rss_mixed'] / mb:10.0f} {extra / mb:6.0f}/{allowed / mb:<6.0f}",
+            flush=True,
+        )
+
+
+def many_one(name: str, count: int, repeats: int, cache_bytes: int | None, rows: int = 32, length: int = 32) -> None:
+    """One row of `many_masks`, as JSON: RSS of the plain base, then of the serving model alone (base copy, mask
+    repos, decoded-mask cache) once it ran, each after handing freed memory back to the OS."""
+    import ctypes
+    import gc
+    import json
+
     import psutil
     import transformers
 
     transformers.logging.set_verbosity_error()
-    process = psutil.Process()
+
+    def resident() -> int:
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        return psutil.Process().memory_info().rss
+
     base = build(name).eval()
-    vocab = base.config.vocab_size
-    batch = {"input_ids": torch.randint(1000, vocab, (rows, length), generator=torch.Generator().manual_seed(0))}
-    rss_base = process.memory_info().rss
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, base.config.vocab_size, (rows, length), generator=generator)}
     with torch.no_grad():
-        plain = timed(partial(base, **batch), repeats)
-    print(f"\n{name}: {rows} rows x {length} tokens, base forward {plain * 1000:.1f} ms, RSS {rss_base / 2**20:.0f} MB")
-    print(f"  {'masks':>5} {'ms':>8} {'x base':>7} {'repo MB':>8} {'cache MB':>9} {'RSS - base MB':>14}")
-    for count in MANY:
-        model = masked_models(base, count)
-        if cache_bytes is not None:
-            model.fixed_masks.max_bytes = cache_bytes
-        repo = sum(e.nbytes for n in model.mask_names for e in model.to_stored_mask(n).masks.values())
-        turn = iter(range(10**9))
+        base(**batch)
+    rss_base = resident()
+    model = masked_models(base, count)
+    if cache_bytes is not None:
+        model.fixed_masks.max_bytes = cache_bytes
+    repo = sum(e.nbytes for n in model.mask_names for e in model.to_stored_mask(n).masks.values())
+    turn = iter(range(10**9))
 
-        def forward(model=model, count: int = count, turn=turn) -> None:
-            start = next(turn) * rows
-            names = [f"m{(start + i) % count}" for i in range(rows)]
-            model(**batch, mask_names=names)
+    def forward() -> None:
+        start = next(turn) * rows
+        model(**batch, mask_names=[f"m{(start + i) % count}" for i in range(rows)])
 
-        with torch.no_grad():
-            mixed = timed(forward, repeats)
-        rss = process.memory_info().rss
-        cache = model.fixed_masks.nbytes
-        print(
-            f"  {count:5d} {mixed * 1000:8.1f} {mixed / plain:6.2f}x {repo / 2**20:8.1f} {cache / 2**20:9.1f} "
-            f"{(rss - rss_base) / 2**20:14.0f}",
-            flush=True,
-        )
+    with torch.no_grad():
+        for _ in range(0, count, rows):  # every mask once, as a server does before long: its decoding is not timed
+            forward()
+        plains, mixeds = [], []
+        for _ in range(repeats):  # interleaved, so that a slower stretch of the machine hits both alike
+            plains.append(timed(partial(base, **batch), 1))
+            mixeds.append(timed(forward, 1))
+    plain, mixed = statistics.median(plains), statistics.median(mixeds)
+    del base
+    result = {
+        "base_s": plain,
+        "mixed_s": mixed,
+        "repo_bytes": repo,
+        "cache_bytes": model.fixed_masks.nbytes,
+        "cache_bound": model.fixed_masks.max_bytes,
+        "rss_base": rss_base,
+        "rss_mixed": resident(),
+    }
+    print(json.dumps(result))
 
 
 def generation(repeats: int, prompts: int = 32, masks: int = 11, new_tokens: int = 32) -> None:
@@ -249,11 +296,16 @@ def main() -> None:
     parser.add_argument("--many", action="store_true", help="only the 1…100 masks loaded table (BERT-base shape)")
     parser.add_argument("--generate", action="store_true", help="only the generate timing (GPT-2 shape)")
     parser.add_argument("--cache_gib", type=float, help="--many: the decoded-mask cache bound (default: 1 GiB)")
+    parser.add_argument("--many_one", type=int, help=argparse.SUPPRESS)  # one count of --many, in its own process
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    if args.many_one is None:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    cache = None if args.cache_gib is None else int(args.cache_gib * 2**30)
+    if args.many_one is not None:
+        many_one("bert-base", args.many_one, args.repeats, cache)
+        return
     if args.many:
-        cache = None if args.cache_gib is None else int(args.cache_gib * 2**30)
         many_masks("bert-base", args.repeats, cache_bytes=cache)
         return
     if args.generate:

@@ -192,3 +192,18 @@ def test_without_a_compiler_mixed_batches_still_compute_and_say_why_once(tmp_pat
     tests = os.path.dirname(os.path.abspath(__file__))
     done = subprocess.run([sys.executable, "-c", script, tests], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_auto_sends_short_groups_of_large_layers_to_the_one_call():
+    """In a mixed batch the compiled call costs no call per mask, so "auto" takes it up to MAX_GROUP_TOKENS rows."""
+    from hf_masking.fixed_mask import SPARSE_MIN_WEIGHTS
+
+    large, small = torch.zeros(512, 512), torch.zeros(8, 8)
+    assert large.numel() >= SPARSE_MIN_WEIGHTS > small.numel()
+    decoded = DecodedMask.from_bool(torch.rand(512, 512) >= 0.08)
+    limit = row_kernel.MAX_GROUP_TOKENS
+    assert decoded.uses_sparse("auto", large, limit, batched=True)
+    assert not decoded.uses_sparse("auto", large, limit + 1, batched=True)
+    assert not decoded.uses_sparse("auto", large, 1000, batched=False)  # alone: torch's rule (tokens x positions)
+    assert not DecodedMask.from_bool(torch.rand(8, 8) >= 0.08).uses_sparse("auto", small, 4, batched=True)
+    assert decoded.uses_sparse("sparse", large, 10**6, batched=True)  # a forced kernel is kept
