@@ -1,6 +1,7 @@
 """Mixed-mask batches: 32 rows spread over 1, 2, 4 and 11 masks, against the alternatives, in one run.
 
-For each model (all-MiniLM-L6-v2 and the BERT-base shape) and sequence length, the median time of:
+For each model (all-MiniLM-L6-v2 and the BERT-base shape) and sequence length, the median time (the
+variants measured in turns, each once per turn, `--repeats` turns) of:
 - base: the plain model, no masking, on the batch (the reference of every ratio);
 - mixed: ``model(**batch, mask_names=[...])`` on the resident base, with the compiled kernel that
   computes every mask's sparse correction in one call per layer (`hf_masking.row_kernel`);
@@ -45,6 +46,20 @@ def timed(call, repeats: int) -> float:
         call()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved(calls: dict, repeats: int) -> dict:
+    """Median time of each call, measured in turns (each call once per turn, after one warm-up round), so that
+    a slower stretch of a shared machine hits every variant alike and each ratio compares like with like."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def masked_models(base, n_masks: int, heads: bool = True):
@@ -96,22 +111,30 @@ def run_model(name: str, lengths: list[int], repeats: int) -> None:
             generator = torch.Generator().manual_seed(length)
             batch = {"input_ids": torch.randint(1000, vocab, (ROWS, length), generator=generator)}
             batch["attention_mask"] = torch.ones_like(batch["input_ids"])
-            plain = timed(partial(base, **batch), repeats)
-            print(f"  length {length}: base forward {plain * 1000:8.1f} ms")
+            print(f"  length {length}:")
             print(
-                f"    {'masks':>5} {'mixed':>16} {'mixed-torch':>16} {'grouped+switch':>16} {'lora-mixed':>16}"
-                "   (ms, ratio to base)"
+                f"    {'masks':>5} {'base':>9} {'mixed':>16} {'mixed-torch':>16} {'grouped+switch':>16} "
+                f"{'lora-mixed':>16}   (ms, ratio to base)"
             )
             for spread in SPREADS:
                 names = [f"m{i % spread}" for i in range(ROWS)]
                 adapters = [f"a{i % spread}" for i in range(ROWS)]
-                mixed = timed(partial(masked, **batch, mask_names=names), repeats)
-                with without_row_kernel():
-                    mixed_torch = timed(partial(masked, **batch, mask_names=names), repeats)
-                grouped = timed(partial(grouped_forward, masked, batch, names), repeats)
-                peft = timed(partial(lora, **batch, adapter_names=adapters), repeats)
-                cells = [f"{t * 1000:8.1f} {t / plain:5.2f}x" for t in (mixed, mixed_torch, grouped, peft)]
-                print(f"    {spread:5d} " + " ".join(f"{cell:>16}" for cell in cells))
+
+                def mixed_torch(names=names, batch=batch) -> None:
+                    with without_row_kernel():
+                        masked(**batch, mask_names=names)
+
+                calls = {
+                    "base": partial(base, **batch),
+                    "mixed": partial(masked, **batch, mask_names=names),
+                    "mixed-torch": mixed_torch,
+                    "grouped": partial(grouped_forward, masked, batch, names),
+                    "lora": partial(lora, **batch, adapter_names=adapters),
+                }
+                times = interleaved(calls, repeats)
+                plain = times["base"]
+                cells = [f"{times[k] * 1000:8.1f} {times[k] / plain:5.2f}x" for k in list(calls)[1:]]
+                print(f"    {spread:5d} {plain * 1000:9.1f} " + " ".join(f"{cell:>16}" for cell in cells), flush=True)
             masked.set_active_mask("m0")
     cache = masked.fixed_masks
     print(f"  decoded-mask cache after the runs: {cache.nbytes / 2**20:.1f} MB in {len(cache)} layer entries")
@@ -276,15 +299,25 @@ def generation(repeats: int, prompts: int = 32, masks: int = 11, new_tokens: int
     names = [f"m{i % masks}" for i in range(prompts)]
     ids = torch.randint(5, base.config.vocab_size, (prompts, 8), generator=torch.Generator().manual_seed(0))
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():
-        plain = timed(lambda: base.generate(ids, **kwargs), repeats)
-        mixed = timed(lambda: model.generate(ids, mask_names=names, **kwargs), repeats)
+
+    def mixed_torch() -> None:
         with without_row_kernel():
-            mixed_torch = timed(lambda: model.generate(ids, mask_names=names, **kwargs), repeats)
+            model.generate(ids, mask_names=names, **kwargs)
+
+    with torch.no_grad():
+        times = interleaved(
+            {
+                "base": lambda: base.generate(ids, **kwargs),
+                "mixed": lambda: model.generate(ids, mask_names=names, **kwargs),
+                "mixed-torch": mixed_torch,
+            },
+            repeats,
+        )
+    plain, mixed, mixed_torch_s = times["base"], times["mixed"], times["mixed-torch"]
     print(f"\ngpt2 (124M shape): generate, {prompts} prompts x 8 tokens over {masks} masks, {new_tokens} new tokens")
     print(f"  base {plain * 1000:8.1f} ms")
     print(f"  mixed {mixed * 1000:8.1f} ms  {mixed / plain:5.2f}x")
-    print(f"  mixed-torch {mixed_torch * 1000:8.1f} ms  {mixed_torch / plain:5.2f}x")
+    print(f"  mixed-torch {mixed_torch_s * 1000:8.1f} ms  {mixed_torch_s / plain:5.2f}x")
 
 
 def main() -> None:
