@@ -190,6 +190,43 @@ def kernel_sweep() -> None:
             print(f"  {f'{rows}x{cols}':>10} {share:6.0%} {cells}")
 
 
+def group_sweep() -> None:
+    """Behind `row_kernel.MAX_GROUP_TOKENS`: 11 masks' rows in one compiled call vs one dense product per mask
+    (a copy of W ⊙ M each), by rows per mask, as time / the plain product of all rows."""
+    from hf_masking import row_kernel
+    from hf_masking.fixed_mask import DecodedMask
+
+    if not row_kernel.available():
+        print("\ngroup sweep: the compiled kernel is not available here")
+        return
+    per_group = (16, 64, 128, 192, 256, 384)
+    print("\ngroup sweep, 11 masks at 8%: (shared product + one compiled call) / plain, and (a masked copy and a")
+    print("product per mask) / plain, by rows per mask")
+    print(f"  {'layer':>10} " + " ".join(f"{'n=' + str(n):>13}" for n in per_group))
+    for rows, cols in ((384, 384), (768, 768), (3072, 768)):
+        torch.manual_seed(0)
+        weight = torch.randn(rows, cols) * 0.05
+        masks = [DecodedMask.from_bool(torch.rand(rows, cols) >= 0.08) for _ in range(11)]
+        cells = []
+        for n in per_group:
+            x = torch.randn(11 * n, cols)
+            starts = list(range(0, 11 * n + 1, n))
+            positions = [m.row_positions(weight.shape, False) for m in masks]
+            values = [m.row_values(weight, False) for m in masks]
+
+            def batched(x=x, starts=starts, positions=positions, values=values, weight=weight) -> None:
+                y = F.linear(x, weight)
+                row_kernel.subtract_corrections(y, x, starts, positions, values)
+
+            def dense(x=x, n=n, masks=masks, weight=weight) -> None:
+                for g, m in enumerate(masks):
+                    F.linear(x[g * n : (g + 1) * n], m.apply_to(weight))
+
+            times = interleaved({"plain": partial(F.linear, x, weight), "batched": batched, "dense": dense}, 10)
+            cells.append(f"{times['batched'] / times['plain']:5.2f} / {times['dense'] / times['plain']:5.2f}")
+        print(f"  {f'{rows}x{cols}':>10} " + " ".join(f"{c:>13}" for c in cells), flush=True)
+
+
 def sparse_kernel(decoded, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight) - decoded.correction(x, weight, False)
 
@@ -328,6 +365,7 @@ def main() -> None:
     parser.add_argument("--kernels", action="store_true")
     parser.add_argument("--many", action="store_true", help="only the 1…100 masks loaded table (BERT-base shape)")
     parser.add_argument("--generate", action="store_true", help="only the generate timing (GPT-2 shape)")
+    parser.add_argument("--group_sweep", action="store_true", help="only the sweep behind MAX_GROUP_TOKENS")
     parser.add_argument("--cache_gib", type=float, help="--many: the decoded-mask cache bound (default: 1 GiB)")
     parser.add_argument("--many_one", type=int, help=argparse.SUPPRESS)  # one count of --many, in its own process
     args = parser.parse_args()
@@ -344,10 +382,14 @@ def main() -> None:
     if args.generate:
         generation(args.repeats)
         return
+    if args.group_sweep:
+        group_sweep()
+        return
     for name in args.models:
         run_model(name, args.lengths, args.repeats)
     if args.kernels:
         kernel_sweep()
+        group_sweep()
 
 
 if __name__ == "__main__":

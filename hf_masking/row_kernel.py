@@ -29,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "row_corrections.cpp"
 ENV_SWITCH = "HF_MASKING_ROW_KERNEL"
-# Rows of one mask up to which a mixed batch takes the kernel rather than one dense product per mask
-# (a copy of W ⊙ M and a full product): measured on a 2-core AVX-512 CPU with BERT/MiniLM layers,
-# 11 masks at 8% masked out (bench/mixed_batch.py --kernels prints the sweep).
-MAX_GROUP_TOKENS = 192
+# Rows (tokens) of one mask up to which a mixed batch takes the kernel rather than one dense product
+# per mask (a copy of W ⊙ M and a full product): on a 2-core AVX-512 CPU, 11 masks at 8% masked out,
+# the two cost the same near 128 rows per mask for 384x384 to 3072x768 layers and the dense product
+# wins from 192 (`python bench/mixed_batch.py --group_sweep`).
+MAX_GROUP_TOKENS = 160
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"module": None, "failed": None}
