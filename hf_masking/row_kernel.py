@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -60,6 +61,17 @@ def _cpu_tag() -> str:
     return digest.hexdigest()[:12]
 
 
+def _find_ninja() -> None:
+    """torch runs ``ninja`` from PATH; the ``ninja`` package (a dependency) puts it in the environment's bin
+    folder, which is not on PATH when a virtual environment's python runs without being activated."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def load() -> Any | None:
     """The compiled module, built on the first call; None where it cannot be (the reason is warned once)."""
     if _state["module"] is not None or _state["failed"] is not None or not enabled():
@@ -69,6 +81,7 @@ def load() -> Any | None:
             try:
                 from torch.utils import cpp_extension
 
+                _find_ninja()
                 _state["module"] = cpp_extension.load(
                     name=f"hf_masking_rows_{_cpu_tag()}",
                     sources=[str(SOURCE)],
