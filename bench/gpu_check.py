@@ -61,22 +61,17 @@ def bert(shape: str, labels: int = 2):
     return BertForSequenceClassification(BertConfig(num_labels=labels, vocab_size=30522, **SHAPES[shape])).eval()
 
 
-def gpt2(small: bool):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    # Decoders mask every block but the bottom two by default: the small shape has four.
-    size = {"n_embd": 64, "n_layer": 4, "n_head": 4} if small else {"n_embd": 768, "n_layer": 12, "n_head": 12}
-    vocab = 1000 if small else 50257
-    config = GPT2Config(vocab_size=vocab, n_positions=256, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **size)
-    return GPT2LMHeadModel(config).eval()
-
-
 def with_masks(base, count: int, heads: bool):
     """A serving MaskedModel holding `count` random masks (8% removed), each with its own head if `heads`."""
     from mixed_batch import masked_models
 
     return masked_models(base, count, heads)
+
+
+def gpt2(small: bool):
+    from mixed_batch import gpt2_shape
+
+    return gpt2_shape(small)
 
 
 def alone(model, batch: dict, names: list[str], call) -> torch.Tensor:

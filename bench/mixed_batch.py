@@ -87,6 +87,18 @@ def masked_models(base, n_masks: int, heads: bool = True):
     return serving.eval()
 
 
+def gpt2_shape(small: bool = False):
+    """A GPT-2 LM from its config (no download): the 124M shape, or a 4-block 64-wide one for CI."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    # Decoders mask every block but the bottom two by default: the small shape has four.
+    size = {"n_embd": 64, "n_layer": 4, "n_head": 4} if small else {"n_embd": 768, "n_layer": 12, "n_head": 12}
+    vocab = 1000 if small else 50257
+    config = GPT2Config(vocab_size=vocab, n_positions=256, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **size)
+    return GPT2LMHeadModel(config).eval()
+
+
 def lora_model(base, n_adapters: int):
     from peft import LoraConfig, get_peft_model
 
@@ -328,10 +340,9 @@ def generation(repeats: int, prompts: int = 32, masks: int = 11, new_tokens: int
     """``generate`` with the KV cache, 32 prompts of 8 tokens over 11 masks, 32 new tokens each (greedy), against
     the plain base's ``generate`` on the same prompts: with the compiled kernel and with torch's products."""
     import transformers
-    from gpu_check import gpt2
 
     transformers.logging.set_verbosity_error()
-    base = gpt2(small=False)
+    base = gpt2_shape()
     model = masked_models(base, masks, heads=False)
     names = [f"m{i % masks}" for i in range(prompts)]
     ids = torch.randint(5, base.config.vocab_size, (prompts, 8), generator=torch.Generator().manual_seed(0))
