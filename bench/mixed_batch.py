@@ -5,7 +5,10 @@ variants measured in turns, each once per turn, `--repeats` turns) of:
 - base: the plain model, no masking, on the batch (the reference of every ratio);
 - mixed: ``model(**batch, mask_names=[...])`` on the resident base, with the compiled kernel that
   computes every mask's sparse correction in one call per layer (`hf_masking.row_kernel`);
-- mixed-torch: the same without that kernel (``HF_MASKING_ROW_KERNEL=0``: torch's sparse product per mask);
+- mixed-sorted: the same with the batch's rows ordered by mask (what `hf-masking serve` does), so that the
+  layers take each mask's rows as a slice instead of gathering and scattering them;
+- mixed-torch: the same (interleaved) without that kernel (``HF_MASKING_ROW_KERNEL=0``: torch's sparse
+  product per mask);
 - grouped: one forward per mask on its rows, with ``set_active_mask`` in between;
 - lora-mixed: PEFT LoRA (r=8 on query/value, PEFT's default for BERT) with as many adapters,
   ``model(**batch, adapter_names=[...])``.
@@ -125,8 +128,8 @@ def run_model(name: str, lengths: list[int], repeats: int) -> None:
             batch["attention_mask"] = torch.ones_like(batch["input_ids"])
             print(f"  length {length}:")
             print(
-                f"    {'masks':>5} {'base':>9} {'mixed':>16} {'mixed-torch':>16} {'grouped+switch':>16} "
-                f"{'lora-mixed':>16}   (ms, ratio to base)"
+                f"    {'masks':>5} {'base':>9} {'mixed':>16} {'mixed-sorted':>16} {'mixed-torch':>16} "
+                f"{'grouped+switch':>16} {'lora-mixed':>16}   (ms, ratio to base)"
             )
             for spread in SPREADS:
                 names = [f"m{i % spread}" for i in range(ROWS)]
@@ -139,6 +142,7 @@ def run_model(name: str, lengths: list[int], repeats: int) -> None:
                 calls = {
                     "base": partial(base, **batch),
                     "mixed": partial(masked, **batch, mask_names=names),
+                    "mixed-sorted": partial(masked, **batch, mask_names=sorted(names)),
                     "mixed-torch": mixed_torch,
                     "grouped": partial(grouped_forward, masked, batch, names),
                     "lora": partial(lora, **batch, adapter_names=adapters),

@@ -20,6 +20,8 @@ from .row_masks import SCORES, RowMasks
 
 Binarize = Callable[[torch.Tensor], torch.Tensor]
 MASKABLE_TYPES = (nn.Linear, Conv1D)
+_NO_POSITIONS = torch.empty(0, dtype=torch.int32)
+_NO_VALUES = torch.empty(0, dtype=torch.float32)
 
 
 class _MaskedLinearFunction(torch.autograd.Function):
@@ -163,6 +165,11 @@ class MaskedLinear(nn.Module):
         weight = self.weight.t() if self.transposed else self.weight
         kernel = rows_of.kernel
         batched = len(groups) > 1 and row_kernel.supports(x, self.weight) and row_kernel.available()
+        spans = rows_of.spans(x.shape[0]) if len(groups) > 1 else None
+        if spans is not None:
+            result = self._sorted_forward(x, rows_of, spans, batched)
+            if result is not None:
+                return result
         shared: list[tuple[torch.Tensor | None, DecodedMask | None]] = []
         own: list[tuple[torch.Tensor | None, DecodedMask]] = []
         for name, rows in groups:
@@ -183,7 +190,7 @@ class MaskedLinear(nn.Module):
             rows = torch.cat([r for r, _ in shared])
             inputs = x.index_select(0, rows)
             result = F.linear(inputs, weight, self.bias)
-            self._subtract_corrections(result, inputs, shared)
+            self._subtract_corrections(result, inputs, [(r.numel(), decoded) for r, decoded in shared])
             out = result.new_empty((x.shape[0], *result.shape[1:]))
             out.index_copy_(0, rows, result)
         for rows, decoded in own:
@@ -193,28 +200,70 @@ class MaskedLinear(nn.Module):
             out.index_copy_(0, rows, result)
         return out
 
+    def _sorted_forward(
+        self, x: torch.Tensor, rows_of: RowMasks, spans: list[tuple[str | None, int, int]], batched: bool
+    ) -> torch.Tensor | None:
+        """A batch sorted by mask: each mask's rows are one slice, so nothing is gathered or scattered. Either every
+        mask is a sparse correction (one product with the shared weight, the corrections in one call), or every
+        mask takes its own product on its slice; None where the masks need both (the gathering path does that)."""
+        weight = self.weight.t() if self.transposed else self.weight
+        kernel = rows_of.kernel
+        per_row = x.numel() // x.shape[0] // x.shape[-1]
+        decoded = [self._row_mask(rows_of, name) for name, _, _ in spans]
+        shared = [
+            d is None or (d.minority == 0 and d.uses_sparse(kernel, self.weight, (end - start) * per_row, batched))
+            for d, (_, start, end) in zip(decoded, spans, strict=True)
+        ]
+        if all(shared):
+            result = F.linear(x, weight, self.bias)
+            groups = [(end - start, d) for d, (_, start, end) in zip(decoded, spans, strict=True)]
+            self._subtract_corrections(result, x, groups)
+            return result
+        if any(shared):
+            return None
+        out = None
+        for d, (_, start, end) in zip(decoded, spans, strict=True):
+            part = d.linear(x[start:end], self.weight, self.bias, self.transposed, kernel)
+            if out is None:
+                out = part.new_empty((x.shape[0], *part.shape[1:]))
+            out[start:end] = part
+        return out
+
     def _subtract_corrections(
-        self, result: torch.Tensor, inputs: torch.Tensor, groups: list[tuple[torch.Tensor, DecodedMask | None]]
+        self, result: torch.Tensor, inputs: torch.Tensor, groups: list[tuple[int, DecodedMask | None]]
     ) -> None:
-        """result[rows of g] -= inputs[rows of g] (W ⊙ P_g)ᵀ for each group's masked-out positions P_g, in place."""
-        masked = [(rows.numel(), decoded) for rows, decoded in groups if decoded is not None]
-        if not masked:
+        """result[rows of g] -= inputs[rows of g] (W ⊙ P_g)ᵀ for each group's masked-out positions P_g, in place.
+
+        `groups`: (rows, decoded mask or None for no mask) in the order of the rows of `inputs`."""
+        if not any(decoded is not None for _, decoded in groups):
             return
         per_row = inputs.numel() // inputs.shape[0] // inputs.shape[-1]  # tokens per row (a sequence's length)
-        if len(masked) > 1 and row_kernel.supports(inputs, self.weight):
-            starts = [0]
-            for count, _ in masked:
+        if sum(decoded is not None for _, decoded in groups) > 1 and row_kernel.supports(inputs, self.weight):
+            starts, positions, values = [0], [], []
+            for count, decoded in groups:
+                if decoded is None and not positions:  # leading rows without a mask: start after them
+                    starts[0] += count * per_row
+                    continue
                 starts.append(starts[-1] + count * per_row)
-            positions = [decoded.row_positions(self.weight.shape, self.transposed) for _, decoded in masked]
-            values = [decoded.row_values(self.weight, self.transposed) for _, decoded in masked]
+                if decoded is None:  # rows without a mask between masked ones: a group with nothing to subtract
+                    positions.append((result.new_zeros(result.shape[-1] + 1, dtype=torch.int32), _NO_POSITIONS))
+                    values.append(_NO_VALUES)
+                else:
+                    positions.append(decoded.row_positions(self.weight.shape, self.transposed))
+                    values.append(decoded.row_values(self.weight, self.transposed))
+            while values[-1] is _NO_VALUES:  # trailing rows without a mask: end before them
+                starts.pop()
+                positions.pop()
+                values.pop()
             flat_inputs = inputs.reshape(-1, inputs.shape[-1]).contiguous()
             flat_result = result.view(-1, result.shape[-1])
             if row_kernel.subtract_corrections(flat_result, flat_inputs, starts, positions, values):
                 return
         start = 0
-        for count, decoded in masked:
-            part = inputs[start : start + count]
-            result[start : start + count] -= decoded.correction(part, self.weight, self.transposed)
+        for count, decoded in groups:
+            if decoded is not None:
+                part = inputs[start : start + count]
+                result[start : start + count] -= decoded.correction(part, self.weight, self.transposed)
             start += count
 
     def original(self) -> nn.Module:

@@ -21,6 +21,22 @@ class RowMasks:
         self._unique = list(dict.fromkeys(self.names))
         self._ids = torch.tensor([self._unique.index(name) for name in self.names], dtype=torch.long)
         self._groups: dict[tuple[int, str], list[tuple[str | None, torch.Tensor | None]]] = {}
+        # Each name's examples as one run, in batch order (the batch sorted by mask), or None.
+        runs: list[tuple[str | None, int, int]] = []
+        for index, name in enumerate(self.names):
+            if runs and runs[-1][0] == name:
+                runs[-1] = (name, runs[-1][1], index + 1)
+            else:
+                runs.append((name, index, index + 1))
+        self._runs = runs if len(runs) == len(self._unique) else None
+
+    def spans(self, rows: int) -> list[tuple[str | None, int, int]] | None:
+        """(name, first row, end row) per mask in batch order, for an input of `rows` rows, where the batch
+        holds each mask's examples together (sorted by mask: then layers take slices, not gathers); else None."""
+        if self._runs is None or rows % len(self.names):
+            return None
+        scale = rows // len(self.names)
+        return [(name, start * scale, end * scale) for name, start, end in self._runs]
 
     def groups(self, rows: int, device: torch.device) -> list[tuple[str | None, torch.Tensor | None]]:
         """(name, row indices) per mask for an input of `rows` rows; indices are None when one mask has them all."""

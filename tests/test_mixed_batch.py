@@ -19,6 +19,7 @@ HEADS = {
 }
 DECODERS = ("gpt2", "llama")  # GPT-2: Conv1D layers, stored transposed
 NAMES = ["m1", "default", None, "m2", "m1", "default"]  # one per example; None: the base without a mask
+SORTED = ["m1", "m1", "default", "default", None, "m2"]  # each mask's examples together: layers take slices
 
 
 def _inputs(head: str) -> dict[str, torch.Tensor]:
@@ -73,9 +74,10 @@ def _assert_rows_match(model, names, call_mixed, call_alone):
     assert all((outputs[a] - outputs[b]).abs().max() > 1e-3 for a, b in different)  # the masks do differ
 
 
+@pytest.mark.parametrize("names", [NAMES, SORTED], ids=["interleaved", "sorted"])
 @pytest.mark.parametrize("kernel", ["dense", "sparse"])
 @pytest.mark.parametrize("head", sorted(HEADS))
-def test_each_row_computes_with_its_own_mask_and_head(head, kernel, tmp_path):
+def test_each_row_computes_with_its_own_mask_and_head(head, kernel, names, tmp_path):
     head_cls, kwargs = HEADS[head]
     base_dir = save_pretrained_base(tmp_path / "base")
     _save_masks(tmp_path, lambda: load_quietly(head_cls, base_dir, **kwargs))
@@ -84,8 +86,8 @@ def test_each_row_computes_with_its_own_mask_and_head(head, kernel, tmp_path):
     before = _base_state(model)
     _assert_rows_match(
         model,
-        NAMES,
-        lambda: model(**batch, mask_names=NAMES).logits,
+        names,
+        lambda: model(**batch, mask_names=names).logits,
         lambda name: _alone(model, name, lambda: model(**batch).logits),
     )
     after = _base_state(model)
@@ -94,24 +96,25 @@ def test_each_row_computes_with_its_own_mask_and_head(head, kernel, tmp_path):
     assert torch.equal(model(**batch).logits, _alone(model, "default", lambda: model(**batch).logits))
 
 
+@pytest.mark.parametrize("names", [NAMES, SORTED], ids=["interleaved", "sorted"])
 @pytest.mark.parametrize("kernel", ["dense", "sparse"])
 @pytest.mark.parametrize("family", DECODERS)
-def test_causal_lm_rows_and_generated_sequences_keep_their_masks(family, kernel, tmp_path):
+def test_causal_lm_rows_and_generated_sequences_keep_their_masks(family, kernel, names, tmp_path):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_config(family)).save_pretrained(tmp_path / "base")
     _save_masks(tmp_path, lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "base"))
     model = _loaded(tmp_path, kernel)
-    prompts = random_batch(batch=len(NAMES), length=6)
+    prompts = random_batch(batch=len(names), length=6)
     _assert_rows_match(
         model,
-        NAMES,
-        lambda: model(**prompts, mask_names=NAMES).logits,
+        names,
+        lambda: model(**prompts, mask_names=names).logits,
         lambda name: _alone(model, name, lambda: model(**prompts).logits),
     )
     # generate: the cache is reused step by step, and beams repeat each prompt's rows.
     settings = dict(max_new_tokens=5, do_sample=False, num_beams=2, num_return_sequences=2, pad_token_id=0)
-    mixed = model.generate(**prompts, mask_names=NAMES, **settings)
-    for i, name in enumerate(NAMES):
+    mixed = model.generate(**prompts, mask_names=names, **settings)
+    for i, name in enumerate(names):
         alone = _alone(model, name, lambda: model.generate(**prompts, **settings))
         assert torch.equal(mixed[2 * i : 2 * i + 2], alone[2 * i : 2 * i + 2]), (i, name)
 

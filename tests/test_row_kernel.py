@@ -207,3 +207,13 @@ def test_auto_sends_short_groups_of_large_layers_to_the_one_call():
     assert not decoded.uses_sparse("auto", large, 1000, batched=False)  # alone: torch's rule (tokens x positions)
     assert not DecodedMask.from_bool(torch.rand(8, 8) >= 0.08).uses_sparse("auto", small, 4, batched=True)
     assert decoded.uses_sparse("sparse", large, 10**6, batched=True)  # a forced kernel is kept
+
+
+def test_a_batch_sorted_by_mask_is_seen_as_slices():
+    from hf_masking.row_masks import RowMasks
+
+    sorted_rows = RowMasks(["a", "a", "b", None, None, "c"], {}, "auto")
+    assert sorted_rows.spans(6) == [("a", 0, 2), ("b", 2, 3), (None, 3, 5), ("c", 5, 6)]
+    assert sorted_rows.spans(18) == [("a", 0, 6), ("b", 6, 9), (None, 9, 15), ("c", 15, 18)]  # 3 rows an example
+    assert RowMasks(["a", "b", "a"], {}, "auto").spans(3) is None  # a's examples apart: gathered
+    assert sorted_rows.spans(7) is None

@@ -204,7 +204,8 @@ class MaskService:
                     live.append(i)
             names = [tasks[rows[i].task].mask for i in live]
             for group in self.model.group_mask_names(names):
-                indices = [live[g] for g in group]
+                # Each task's rows together: the masked layers then take slices of the batch, not gathers.
+                indices = sorted((live[g] for g in group), key=lambda i: tasks[rows[i].task].mask)
                 try:
                     if rows[indices[0]].max_new_tokens is not None:
                         self._generate(rows, indices, answers)
