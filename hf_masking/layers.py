@@ -165,28 +165,28 @@ class MaskedLinear(nn.Module):
         weight = self.weight.t() if self.transposed else self.weight
         kernel = rows_of.kernel
         batched = len(groups) > 1 and row_kernel.supports(x, self.weight) and row_kernel.available()
-        spans = rows_of.spans(x.shape[0]) if len(groups) > 1 else None
-        if spans is not None:
-            result = self._sorted_forward(x, rows_of, spans, batched)
-            if result is not None:
-                return result
-        shared: list[tuple[torch.Tensor | None, DecodedMask | None]] = []
-        own: list[tuple[torch.Tensor | None, DecodedMask]] = []
+        per_row = x.numel() // x.shape[0] // x.shape[-1]  # tokens per row (a sequence's length)
+        decoded_of: dict[str | None, DecodedMask | None] = {}
+        correction_of: dict[str | None, bool] = {}  # whether the mask's rows take the shared product + a correction
         for name, rows in groups:
-            decoded = self._row_mask(rows_of, name)
-            tokens = (x.numel() // x.shape[0]) * (x.shape[0] if rows is None else rows.numel()) // x.shape[-1]
-            if decoded is None or (decoded.minority == 0 and decoded.uses_sparse(kernel, self.weight, tokens, batched)):
-                shared.append((rows, decoded))
-            else:
-                own.append((rows, decoded))
+            decoded = decoded_of[name] = self._row_mask(rows_of, name)
+            tokens = (x.shape[0] if rows is None else rows.numel()) * per_row
+            correction_of[name] = decoded is None or (
+                decoded.minority == 0 and decoded.uses_sparse(kernel, self.weight, tokens, batched)
+            )
         if len(groups) == 1:  # the whole batch has one mask
-            rows, decoded = (shared or own)[0]
+            decoded = decoded_of[groups[0][0]]
             if decoded is None:
                 return F.linear(x, weight, self.bias)
             return decoded.linear(x, self.weight, self.bias, self.transposed, kernel)
+        spans = rows_of.spans(x.shape[0])
+        if spans is not None and len(set(correction_of.values())) == 1:
+            return self._sorted_forward(x, spans, decoded_of, all(correction_of.values()), kernel)
+        shared = [(rows, decoded_of[name]) for name, rows in groups if correction_of[name]]
+        own = [(rows, decoded_of[name]) for name, rows in groups if not correction_of[name]]
         out = None
         if shared:
-            shared.sort(key=lambda group: group[1] is None)  # masked groups first: their rows are one span
+            shared.sort(key=lambda group: group[1] is None)  # rows without a mask last: the kernel ends before them
             rows = torch.cat([r for r, _ in shared])
             inputs = x.index_select(0, rows)
             result = F.linear(inputs, weight, self.bias)
@@ -201,29 +201,23 @@ class MaskedLinear(nn.Module):
         return out
 
     def _sorted_forward(
-        self, x: torch.Tensor, rows_of: RowMasks, spans: list[tuple[str | None, int, int]], batched: bool
-    ) -> torch.Tensor | None:
-        """A batch sorted by mask: each mask's rows are one slice, so nothing is gathered or scattered. Either every
-        mask is a sparse correction (one product with the shared weight, the corrections in one call), or every
-        mask takes its own product on its slice; None where the masks need both (the gathering path does that)."""
-        weight = self.weight.t() if self.transposed else self.weight
-        kernel = rows_of.kernel
-        per_row = x.numel() // x.shape[0] // x.shape[-1]
-        decoded = [self._row_mask(rows_of, name) for name, _, _ in spans]
-        shared = [
-            d is None or (d.minority == 0 and d.uses_sparse(kernel, self.weight, (end - start) * per_row, batched))
-            for d, (_, start, end) in zip(decoded, spans, strict=True)
-        ]
-        if all(shared):
-            result = F.linear(x, weight, self.bias)
-            groups = [(end - start, d) for d, (_, start, end) in zip(decoded, spans, strict=True)]
-            self._subtract_corrections(result, x, groups)
+        self,
+        x: torch.Tensor,
+        spans: list[tuple[str | None, int, int]],
+        decoded_of: dict[str | None, DecodedMask | None],
+        corrections: bool,
+        kernel: str,
+    ) -> torch.Tensor:
+        """A batch sorted by mask: each mask's rows are one slice, so nothing is gathered or scattered. With
+        `corrections`, every mask is a sparse correction (one product with the shared weight, the corrections
+        in one call); else every mask takes its own product on its slice."""
+        if corrections:
+            result = F.linear(x, self.weight.t() if self.transposed else self.weight, self.bias)
+            self._subtract_corrections(result, x, [(end - start, decoded_of[name]) for name, start, end in spans])
             return result
-        if any(shared):
-            return None
         out = None
-        for d, (_, start, end) in zip(decoded, spans, strict=True):
-            part = d.linear(x[start:end], self.weight, self.bias, self.transposed, kernel)
+        for name, start, end in spans:
+            part = decoded_of[name].linear(x[start:end], self.weight, self.bias, self.transposed, kernel)
             if out is None:
                 out = part.new_empty((x.shape[0], *part.shape[1:]))
             out[start:end] = part
@@ -235,10 +229,11 @@ class MaskedLinear(nn.Module):
         """result[rows of g] -= inputs[rows of g] (W ⊙ P_g)ᵀ for each group's masked-out positions P_g, in place.
 
         `groups`: (rows, decoded mask or None for no mask) in the order of the rows of `inputs`."""
-        if not any(decoded is not None for _, decoded in groups):
+        masked = sum(decoded is not None for _, decoded in groups)
+        if not masked:
             return
         per_row = inputs.numel() // inputs.shape[0] // inputs.shape[-1]  # tokens per row (a sequence's length)
-        if sum(decoded is not None for _, decoded in groups) > 1 and row_kernel.supports(inputs, self.weight):
+        if masked > 1 and row_kernel.supports(inputs, self.weight):
             starts, positions, values = [0], [], []
             for count, decoded in groups:
                 if decoded is None and not positions:  # leading rows without a mask: start after them
